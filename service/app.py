@@ -1,0 +1,53 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.middleware import RequestContextMiddleware
+from service.observability import Metrics
+from service.openapi_doc import DESCRIPTION, build_openapi
+from service.responses import ORJSONResponse
+from service.routers import datasets, empirical, kernels, ops
+from service.settings import Settings, get_settings
+from service.storage.state import Storage
+
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. ``settings`` default to the ``NTK_*`` environment."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        yield
+        app.state.storage.close()
+
+    app = FastAPI(
+        title="NTK service",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.storage = Storage(settings.data_dir)
+    app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_threads)
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics,
+        upload_limits={"/v1/datasets": ("max_dataset_bytes", settings.max_dataset_bytes)},
+    )
+    app.include_router(ops.router)
+    for module in (kernels, empirical, datasets):
+        app.include_router(module.router)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    return app

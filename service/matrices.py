@@ -1,0 +1,78 @@
+"""Request checks and response rendering shared by the Gram-matrix endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from starlette.responses import Response
+
+from core.kernels.spec import KernelSpec, Network, output_names
+from service.npy import NPY_MEDIA_TYPE
+from service.problems import ProblemError, invalid, too_large
+from service.responses import ORJSONResponse, npy_response
+from service.settings import Settings
+
+
+def resolve_outputs(spec: KernelSpec, requested: Sequence[str] | None) -> list[str]:
+    """The requested matrix names (deduplicated, in order), or all the kernel yields."""
+    available = output_names(spec)
+    if requested is None:
+        return list(available)
+    for i, name in enumerate(requested):
+        if name not in available:
+            raise invalid(["body", "outputs", i],
+                          f"'{name}' is not a matrix of this kernel; choose from {', '.join(available)}")
+    return list(dict.fromkeys(requested))
+
+
+def check_features(x1: np.ndarray, x2: np.ndarray | None, names: tuple[str, str] = ("x1", "x2")) -> None:
+    """``x2`` must have as many features (columns) as ``x1``."""
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise invalid(["body", names[1]],
+                      f"{names[1]} has {x2.shape[1]} features but {names[0]} has {x1.shape[1]}")
+
+
+def check_result_size(settings: Settings, n1: int, n2: int, count: int) -> None:
+    """Refuse (413) a synchronous response of more than ``max_result_entries`` entries."""
+    entries = n1 * n2 * count
+    if entries > settings.max_result_entries:
+        raise too_large("max_result_entries",
+                        f"{count} matrix(es) of {n1} × {n2} is {entries} entries, over {settings.max_result_entries}")
+
+
+def check_layers(settings: Settings, spec: KernelSpec) -> None:
+    """Refuse (413) a network with more than ``max_layers`` layers."""
+    if isinstance(spec, Network) and len(spec.layers) > settings.max_layers:
+        raise too_large("max_layers", f"the network has {len(spec.layers)} layers, over {settings.max_layers}")
+
+
+def wants_npy(media_type: str, outputs: list[str]) -> bool:
+    """Whether to answer with ``.npy``; 406 if ``.npy`` is demanded for several matrices."""
+    if media_type != NPY_MEDIA_TYPE:
+        return False
+    if len(outputs) != 1:
+        raise ProblemError(
+            406, f"application/x-npy carries exactly one matrix but {len(outputs)} outputs were requested "
+            f"({', '.join(outputs)}); request one output or accept application/json.", slug="not-acceptable")
+    return True
+
+
+def ensure_finite(results: dict[str, np.ndarray], dtype: str) -> None:
+    """A result with NaN/Infinity is refused (422) rather than sent as ``null``."""
+    for name, matrix in results.items():
+        if not np.isfinite(matrix).all():
+            raise ProblemError(
+                422, f"The {name} matrix overflows {dtype}: reduce the input scale, the weight/bias scales or "
+                "the depth, or use float64.", slug="non-finite-result", title="Result is not finite",
+                errors=[{"loc": ["body", "kernel"], "msg": f"{name} is not finite in {dtype}"}])
+
+
+def render(npy: bool, outputs: list[str], results: dict[str, np.ndarray], dtype: str,
+           extra: dict[str, object] | None = None) -> Response:
+    """JSON ``{"shape", "dtype", "results", **extra}`` or, with ``npy``, the one matrix as ``.npy``."""
+    if npy:
+        return npy_response(results[outputs[0]])
+    first = results[outputs[0]]
+    body = {"shape": list(first.shape), "dtype": dtype, "results": {k: results[k] for k in outputs}}
+    return ORJSONResponse(body | (extra or {}))

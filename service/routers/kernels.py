@@ -1,0 +1,41 @@
+"""``POST /v1/kernels``: infinite-width and classic Gram matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import Request
+from starlette.responses import Response
+
+from core import kernels as core_kernels
+from service.auth import Owner
+from service.compute import run_compute
+from service.matrices import (check_features, check_layers, check_result_size, ensure_finite, render,
+                              resolve_outputs, wants_npy)
+from service.npy import NPY_MEDIA_TYPE
+from service.routers.v1 import v1_router
+from service.schemas.gram import KernelsRequest, KernelsResponse
+
+router = v1_router("kernels")
+
+NPY_200 = {200: {"description": "The Gram matrices (JSON), or the one requested matrix as .npy.",
+                 "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/kernels", operation_id="computeKernels", response_model=KernelsResponse, responses=NPY_200)
+async def compute_kernels(body: KernelsRequest, request: Request, _owner: Owner) -> Response:
+    """Gram matrices of a kernel: ``results[name][i][j] = k(x1[i], x2[j])``.
+
+    With ``Accept: application/x-npy`` and exactly one output, the matrix as ``.npy``.
+    """
+    settings = request.app.state.settings
+    spec = body.kernel.to_core()
+    outputs = resolve_outputs(spec, body.outputs)
+    check_features(body.x1, body.x2)
+    check_layers(settings, spec)
+    n2 = len(body.x2) if body.x2 is not None else len(body.x1)
+    check_result_size(settings, len(body.x1), n2, len(outputs))
+    npy = wants_npy(request.state.media_type, outputs)
+    results = await run_compute(request, core_kernels.gram, spec, body.x1, body.x2,
+                                outputs=outputs, dtype=np.dtype(body.dtype))
+    ensure_finite(results, body.dtype)
+    return render(npy, outputs, results, body.dtype)

@@ -1,0 +1,69 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics (no authentication)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from service.openapi_doc import problem
+from service.problems import ProblemError
+from service.responses import ORJSONResponse
+
+router = APIRouter(tags=["operations"], default_response_class=ORJSONResponse)
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/healthz", operation_id="getHealth", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive and its event loop answers."""
+    return Health(status="ok")
+
+
+def _store_check(request: Request) -> str:
+    data_dir = request.app.state.settings.data_dir
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".ready-"):
+        pass
+    request.app.state.storage.db.ping()
+    return "ok"
+
+
+@router.get(
+    "/readyz", operation_id="getReadiness", response_model=Readiness,
+    responses={503: problem("A dependency (store or compute engine) is not reachable.")},
+)
+async def readyz(request: Request) -> Readiness:
+    """The data store is writable and the compute engine accepts work."""
+    checks: dict[str, str] = {}
+    try:
+        checks["store"] = _store_check(request)
+    except (OSError, sqlite3.Error) as exc:
+        raise ProblemError(503, f"The data store is not usable: {exc}", slug="not-ready",
+                           headers={"Retry-After": "5"}) from None
+    limiter = request.app.state.compute_limiter
+    checks["compute"] = f"ok ({limiter.borrowed_tokens}/{int(limiter.total_tokens)} threads busy)"
+    return Readiness(status="ready", checks=checks)
+
+
+@router.get(
+    "/metrics", operation_id="getMetrics",
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    response_class=Response,
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: request counts and latencies by route and status."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

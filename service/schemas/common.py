@@ -1,0 +1,41 @@
+"""Shared field types: finite numbers, matrices, dtypes.
+
+Matrices are JSON lists of rows; after validation they are float64 numpy arrays
+(rectangular, non-empty, finite). Booleans and numeric strings are not numbers here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeAlias
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+#: An integer; booleans and numeric strings are refused.
+Integer: TypeAlias = StrictInt
+Dtype: TypeAlias = Literal["float64", "float32"]
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: unknown fields are refused (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _to_matrix(rows: list[list[float]]) -> np.ndarray:
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(
+                f"row {i} has {len(row)} entries but row 0 has {width}; every row needs the same number of features"
+            )
+    array = np.array(rows, dtype=np.float64)
+    if not np.isfinite(array).all():  # huge integers overflow to inf on conversion
+        raise ValueError("every value must be a finite float64 number")
+    return array
+
+
+_Row = Annotated[list[FiniteFloat], Field(min_length=1)]
+#: An ``n × d`` matrix as a list of rows (n, d ≥ 1), validated into a float64 array.
+Matrix: TypeAlias = Annotated[list[_Row], Field(min_length=1), AfterValidator(_to_matrix)]

@@ -1,0 +1,54 @@
+"""All configuration in one place: ``NTK_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field is read from ``NTK_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="NTK_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("./ntk-data"), description="Where datasets, models and job results live.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated bearer keys; empty = no authentication."
+    )
+
+    # Limits on synchronous work (exceeding one is a 413 that points to /v1/jobs).
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_result_entries: int = Field(
+        20_000_000, ge=1, description="Largest number of matrix entries a synchronous response may carry."
+    )
+    max_train_size: int = Field(8_000, ge=1, description="Largest training set for a synchronous fit.")
+    max_layers: int = Field(64, ge=1, description="Most layers in one network specification.")
+    max_empirical_width: int = Field(2**18, ge=1, description="Widest finite network for empirical kernels.")
+    max_empirical_work: int = Field(
+        2_000_000_000,
+        ge=1,
+        description="Most float entries an empirical-kernel request may hold at once (parameters and activations).",
+    )
+    max_dataset_bytes: int = Field(2 * 1024**3, ge=1, description="Largest dataset upload.")
+    compute_threads: int = Field(2, ge=1, description="Synchronous computations running at once.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

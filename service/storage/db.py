@@ -1,0 +1,49 @@
+"""The SQLite ledger: one file, written only by the API process."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT, shape TEXT NOT NULL, dtype TEXT NOT NULL,
+    sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, created_at TEXT NOT NULL, seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS datasets_owner_seq ON datasets (owner, seq DESC);
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    resource_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (owner, endpoint, key)
+);
+"""
+
+
+class Database:
+    """A serialized SQLite connection (calls are short; a lock keeps threads from interleaving)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._lock:
+            self._conn.execute(sql, tuple(params))
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def ping(self) -> None:
+        self.query("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
