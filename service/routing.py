@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 import orjson
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -22,12 +23,22 @@ from service.negotiation import negotiate
 from service.problems import ProblemError
 
 
+_THREAD_PARSE_BYTES = 1 << 20
+
+
 class ORJSONRequest(Request):
-    """A request whose ``json()`` is orjson (strict: no NaN/Infinity, no duplicate surprises)."""
+    """A request whose ``json()`` is orjson (strict: no NaN/Infinity tokens).
+
+    Bodies over 1 MiB are parsed in a worker thread so the event loop keeps serving.
+    """
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())
+            body = await self.body()
+            if len(body) > _THREAD_PARSE_BYTES:
+                self._json = await anyio.to_thread.run_sync(orjson.loads, body)
+            else:
+                self._json = orjson.loads(body)
         return self._json
 
 

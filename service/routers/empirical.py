@@ -28,6 +28,7 @@ def _empirical_and_errors(
     finite = core_empirical.empirical_kernels(spec, x1, x2, width=width, seed=seed, outputs=outputs, dtype=dtype)
     limit = core_kernels.gram(core_empirical.infinite_counterpart(spec, width), x1, x2, outputs=outputs,
                               dtype=np.dtype(np.float64))
+    ensure_finite(limit, "float64")
     errors = {}
     for name in outputs:
         scale = float(np.linalg.norm(limit[name]))
