@@ -1,0 +1,364 @@
+"""Public entry points: Gram matrices of a kernel specification.
+
+``gram`` computes whole matrices, ``gram_block`` one self-contained tile (it needs only the
+rows of its two blocks: the first-layer covariances and the diagonals come from the rows), which
+is what asynchronous jobs run. Results are arrays of the requested dtype (float32 or
+float64; all arithmetic is done in that dtype) and of the inputs' array module: NumPy, or
+CuPy on a GPU worker (reference engine; not exercised by the CPU test suite).
+
+Engines for network kernels (``network``, ``two_layer_relu``):
+
+- ``"fused"`` (the default on NumPy inputs): one BLAS product ``<x, x'>`` written straight
+  into the buffer that becomes ``nngp`` (a symmetric rank-k update when ``x2`` is ``x1``),
+  then one compiled pass (``fused.py``) that runs every layer per entry, upper-triangle blocks
+  only when symmetric. Quadrature activations run vectorised between fused segments, tile by
+  tile. Extra memory: O(n·layers) besides the outputs.
+- ``"reference"``: the vectorised layer-by-layer recursion (``network.py``) on ``tile × tile``
+  blocks (upper blocks only when symmetric, mirrored). Used for CuPy inputs and in tests.
+
+Symmetric means ``x2`` is ``None``, the same object as ``x1`` or equal to it. Then the result
+is exactly symmetric and its diagonal comes from the diagonal recursion (each point has
+correlation exactly 1 with itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.linalg import blas
+
+from core.backend import array_namespace
+from core.kernels.activations import ACTIVATIONS, relu_constants
+from core.kernels.classic import classic_block
+from core.kernels.dense import dense_constants, require_fan_in
+from core.kernels.fused import (
+    OP_ABRELU,
+    OP_DENSE_NTK,
+    OP_DENSE_STD,
+    OP_ERF,
+    OP_GELU,
+    OP_INPUT,
+    OP_SIGN,
+    OP_SIN,
+    Program,
+)
+from core.kernels.network import diagonal_step, is_numerical, network_reference
+from core.kernels.quadrature import apply_numerical
+from core.kernels.spec import (
+    Activation,
+    Dense,
+    KernelSpec,
+    Layer,
+    Network,
+    TwoLayerRelu,
+    output_names,
+    validate_spec,
+)
+from core.kernels.state import KernelState, row_sq_norms
+from core.kernels.two_layer import TWO_LAYER_NETWORK
+
+Array = Any
+
+#: Default tile edge for the vectorised paths (bounds their temporaries to O(tile²)).
+DEFAULT_TILE = 512
+#: Cache block edge of the fused pass.
+FUSED_BLOCK = 192
+
+
+def syrk_upper(x: np.ndarray, out: np.ndarray) -> None:
+    """Upper triangle (C order) of ``x @ x.T`` written into ``out``; the lower one is untouched.
+
+    A direct BLAS ``?syrk`` call: half the flops of a product and, unlike NumPy's ``x @ x.T``,
+    no copy of the triangle into the other half (the fused pass mirrors its own result).
+    ``out.T`` is the Fortran view BLAS fills in place (no copy).
+    """
+    syrk = blas.dsyrk if x.dtype == np.float64 else blas.ssyrk
+    res = syrk(1.0, x.T, trans=1, lower=1, c=out.T, overwrite_c=1)
+    if not np.shares_memory(res, out):  # pragma: no cover - f2py copied: fall back to a product
+        np.matmul(x, x.T, out=out)
+
+_ENGINES = ("auto", "fused", "reference")
+
+
+# ----------------------------------------------------------------------------------- checks
+def _check_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _as_matrix(x: Any, name: str, dtype: np.dtype) -> Array:
+    xp = array_namespace(x)
+    a = xp.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n × d), got shape {tuple(a.shape)}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one feature, got shape {tuple(a.shape)}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+        a = xp.ascontiguousarray(a, dtype=dtype)
+    if not bool(xp.isfinite(a).all()):
+        raise ValueError(f"{name} has values that are not finite in {np.dtype(dtype).name}")
+    return a
+
+
+def _check_outputs(spec: KernelSpec, outputs: Iterable[str] | None) -> tuple[str, ...]:
+    names = output_names(spec)
+    if outputs is None:
+        return names
+    if isinstance(outputs, str):
+        outputs = (outputs,)
+    wanted = tuple(dict.fromkeys(outputs))
+    if not wanted:
+        raise ValueError("outputs must name at least one matrix")
+    unknown = [o for o in wanted if o not in names]
+    if unknown:
+        raise ValueError(f"unknown output(s) {unknown} for this kernel; it yields {list(names)}")
+    return wanted
+
+
+def _prepare(spec, x1, x2, outputs, dtype, engine):
+    validate_spec(spec)
+    dt = _check_dtype(dtype)
+    wanted = _check_outputs(spec, outputs)
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
+    a = _as_matrix(x1, "x1", dt)
+    b = None
+    if x2 is not None and x2 is not x1:
+        b = _as_matrix(x2, "x2", dt)
+        if b.shape[1] != a.shape[1]:
+            raise ValueError(f"feature mismatch: x1 has {a.shape[1]} columns, x2 has {b.shape[1]}")
+    return a, b, wanted, dt
+
+
+# ------------------------------------------------------------------------------------ tiles
+def _tiles(n1: int, n2: int, tile: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    """Row/column slices of the blocks to compute (upper blocks only when symmetric)."""
+    for i0 in range(0, n1, tile):
+        for j0 in range(i0 if symmetric else 0, n2, tile):
+            yield slice(i0, min(n1, i0 + tile)), slice(j0, min(n2, j0 + tile))
+
+
+def _store(out: Array, rows: slice, cols: slice, block: Array, symmetric: bool) -> None:
+    """Write ``block`` at ``out[rows, cols]`` (and its mirror image when symmetric)."""
+    xp = array_namespace(out)
+    if symmetric and rows == cols:
+        upper = xp.triu(block)
+        block = upper + xp.triu(block, 1).T
+    out[rows, cols] = block
+    if symmetric and rows != cols:
+        out[cols, rows] = block.T
+
+
+# ---------------------------------------------------------------------------- network paths
+def _opcode(layer: Activation) -> tuple[int, tuple[float, ...]]:
+    if layer.name in ("relu", "leaky_relu", "abs"):
+        return OP_ABRELU, relu_constants(layer)
+    return {"erf": OP_ERF, "sign": OP_SIGN, "gelu": OP_GELU, "sin": OP_SIN}[layer.name], ()
+
+
+def _numerical_in_place(layer, nngp, ntk, cov1, cov2, width, symmetric, tile):
+    """A quadrature activation applied block by block to the full buffers."""
+    for rows, cols in _tiles(nngp.shape[0], nngp.shape[1], tile, symmetric):
+        state = KernelState(
+            cov1=cov1[rows],
+            cov2=cov2[cols],
+            nngp=nngp[rows, cols],
+            ntk=None if ntk is None else ntk[rows, cols],
+            width=width,
+        )
+        new = apply_numerical(state, layer)
+        _store(nngp, rows, cols, new.nngp, symmetric)
+        if ntk is not None:
+            _store(ntk, rows, cols, new.ntk, symmetric)
+
+
+def _network_fused(
+    layers: Sequence[Layer],
+    parameterization: str,
+    x1: np.ndarray,
+    x2: np.ndarray | None,
+    want_ntk: bool,
+    input_scale: float,
+    tile: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(nngp, ntk) of the recursion on ``x1`` × ``x2`` by the fused engine."""
+    symmetric = x2 is None
+    dtype = x1.dtype
+    n1 = x1.shape[0]
+    n2 = n1 if symmetric else x2.shape[0]
+    nngp = np.empty((n1, n2), dtype)
+    if symmetric:
+        syrk_upper(x1, nngp)  # upper triangle only; the fused pass reads it and mirrors
+        # the norms from the same product: a duplicated row then has exactly the same
+        # inner product with its copy as with itself (correlation exactly 1)
+        sq1 = nngp.diagonal().copy()
+    else:
+        np.matmul(x1, x2.T, out=nngp)
+        sq1 = row_sq_norms(x1)
+    cov1 = sq1 / input_scale
+    cov2 = cov1 if symmetric else row_sq_norms(x2) / input_scale
+    ntk = np.empty((n1, n2), dtype) if want_ntk else None
+    diag_ntk = np.zeros(n1, dtype) if (want_ntk and symmetric) else None
+    width: int | None = x1.shape[1]
+    program = Program(dtype, n1, n2)
+    program.add(OP_INPUT, (float(input_scale),))
+    for position, layer in enumerate(layers):
+        if isinstance(layer, Dense):
+            w2, b2, bias = dense_constants(layer)
+            if parameterization == "ntk":
+                program.add(OP_DENSE_NTK, (w2, b2))
+            else:
+                fan = float(require_fan_in(width, position)) if want_ntk else 0.0
+                program.add(OP_DENSE_STD, (w2, b2, fan, bias))
+        elif is_numerical(layer):
+            program.run(nngp, ntk, symmetric, FUSED_BLOCK)
+            _numerical_in_place(layer, nngp, ntk, cov1, cov2, width, symmetric, tile)
+        elif layer.name != "identity":
+            rule = ACTIVATIONS[layer.name]
+            aux1 = rule.aux(cov1, layer)
+            aux2 = aux1 if symmetric else rule.aux(cov2, layer)
+            op, params = _opcode(layer)
+            program.add_activation(op, aux1, aux2, params)
+        new_cov1, diag_ntk, new_width = diagonal_step(
+            cov1, diag_ntk, width, layer, parameterization, position  # type: ignore[arg-type]
+        )
+        if not symmetric:
+            cov2, _, _ = diagonal_step(cov2, None, width, layer, parameterization, position)  # type: ignore[arg-type]
+        cov1, width = new_cov1, new_width
+        if symmetric:
+            cov2 = cov1
+    program.run(nngp, ntk, symmetric, FUSED_BLOCK)
+    if symmetric:
+        np.fill_diagonal(nngp, cov1)
+        if ntk is not None:
+            np.fill_diagonal(ntk, diag_ntk)
+    return nngp, ntk
+
+
+def _network_reference_tiled(
+    layers: Sequence[Layer],
+    parameterization: str,
+    x1: Array,
+    x2: Array | None,
+    want_ntk: bool,
+    input_scale: float,
+    tile: int,
+) -> tuple[Array, Array | None]:
+    """(nngp, ntk) by the vectorised recursion, block by block."""
+    xp = array_namespace(x1)
+    symmetric = x2 is None
+    spec = Network(layers=tuple(layers), parameterization=parameterization)  # type: ignore[arg-type]
+    n1 = x1.shape[0]
+    n2 = n1 if symmetric else x2.shape[0]
+    nngp = xp.empty((n1, n2), x1.dtype)
+    ntk = xp.empty((n1, n2), x1.dtype) if want_ntk else None
+    for rows, cols in _tiles(n1, n2, tile, symmetric):
+        if symmetric and rows == cols:
+            state = network_reference(spec, x1[rows], None, track_ntk=want_ntk, input_scale=input_scale)
+        else:
+            other = x1 if symmetric else x2
+            state = network_reference(spec, x1[rows], other[cols], track_ntk=want_ntk, input_scale=input_scale)
+        _store(nngp, rows, cols, state.nngp, symmetric)
+        if ntk is not None:
+            _store(ntk, rows, cols, state.ntk, symmetric)
+    return nngp, ntk
+
+
+def _recursion(layers, parameterization, x1, x2, want_ntk, input_scale, tile, engine):
+    if engine == "reference" or array_namespace(x1) is not np:
+        return _network_reference_tiled(layers, parameterization, x1, x2, want_ntk, input_scale, tile)
+    return _network_fused(layers, parameterization, x1, x2, want_ntk, input_scale, tile)
+
+
+# ------------------------------------------------------------------------------------ kernels
+def _compute(spec, x1, x2, wanted, tile, engine) -> dict[str, Array]:
+    if isinstance(spec, Network):
+        want_ntk = "ntk" in wanted
+        nngp, ntk = _recursion(
+            spec.layers, spec.parameterization, x1, x2, want_ntk, x1.shape[1], tile, engine
+        )
+        return {name: (nngp if name == "nngp" else ntk) for name in wanted}
+    if isinstance(spec, TwoLayerRelu):
+        want_a = bool({"ntk", "ntk_a"} & set(wanted))
+        nngp, ntk_a = _recursion(TWO_LAYER_NETWORK.layers, "ntk", x1, x2, want_a, 1, tile, engine)
+        out: dict[str, Array] = {}
+        for name in wanted:
+            if name == "ntk":
+                out[name] = ntk_a + nngp
+            elif name == "ntk_a":
+                out[name] = ntk_a
+            else:  # nngp and ntk_b are the same matrix: separate arrays when both are asked for
+                out[name] = nngp if not any(n in out for n in ("nngp", "ntk_b")) else nngp.copy()
+        return out
+    return {"kernel": classic_block(spec, x1, x2)}
+
+
+def gram(
+    spec: KernelSpec,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    outputs: Iterable[str] | None = None,
+    dtype: Any = np.float64,
+    tile: int = DEFAULT_TILE,
+    engine: str = "auto",
+) -> dict[str, np.ndarray]:
+    """Gram matrices of ``spec`` for ``x1`` (n1 × d) against ``x2`` (n2 × d; ``None``: ``x1``).
+
+    ``outputs``: names from ``output_names(spec)`` (default: all). Returns
+    ``{name: n1 × n2 array of dtype}``. Raises ``ValueError`` for an invalid spec, unknown
+    outputs, a dtype other than float32/float64, non-2-D or empty inputs, a feature mismatch,
+    or inputs that are not finite in ``dtype``. ``tile`` bounds the temporaries of the
+    vectorised paths; ``engine``: ``"auto"``, ``"fused"`` or ``"reference"`` (module doc).
+    """
+    a, b, wanted, _ = _prepare(spec, x1, x2, outputs, dtype, engine)
+    if b is not None and b.shape == a.shape and bool((b == a).all()):
+        b = None  # x1 against itself: exploit (and guarantee) symmetry
+    with np.errstate(all="ignore"):  # overflow shows as inf in the result, for the caller to report
+        return _compute(spec, a, b, wanted, max(1, int(tile)), engine)
+
+
+def gram_block(
+    spec: KernelSpec,
+    x1_rows: Array,
+    x2_rows: Array | None,
+    *,
+    outputs: Iterable[str] | None = None,
+    dtype: Any = np.float64,
+    symmetric: bool = False,
+    engine: str = "auto",
+) -> dict[str, np.ndarray]:
+    """One tile ``K(x1_rows, x2_rows)``: self-contained, needs only the two blocks of rows.
+
+    ``symmetric=True`` declares a diagonal tile (``x2_rows`` is ``None`` or the same rows):
+    it is computed as in ``gram(spec, x1_rows)``, exactly symmetric. Off-diagonal tiles of a
+    symmetric job use ``symmetric=False``; the job writes the tile and its transpose.
+    """
+    if symmetric and x2_rows is not None and x2_rows is not x1_rows:
+        xp = array_namespace(x1_rows, x2_rows)
+        if not bool(xp.array_equal(xp.asarray(x1_rows), xp.asarray(x2_rows))):
+            raise ValueError("symmetric=True needs x2_rows to be the same rows as x1_rows (or None)")
+    a, b, wanted, _ = _prepare(spec, x1_rows, None if symmetric else x2_rows, outputs, dtype, engine)
+    if not symmetric and b is None:
+        b = a
+    n = max(a.shape[0], 1 if b is None else b.shape[0])
+    with np.errstate(all="ignore"):
+        return _compute(spec, a, None if symmetric else b, wanted, max(n, 1), engine)
+
+
+def warm_up() -> None:
+    """Compile the fused engine for float32 and float64 (or load it from numba's disk cache).
+
+    One compiled function serves every layer list, so this is all a process needs before its
+    first real request (a cold compile takes a few seconds per dtype).
+    """
+    spec = Network((Dense(1.0, 0.1), Activation("relu"), Dense(1.0)))
+    x = np.array([[1.0, 0.0], [0.5, 2.0]])
+    for dtype in (np.float32, np.float64):
+        gram(spec, x, dtype=dtype)
