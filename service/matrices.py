@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from starlette.responses import Response
 
-from core.kernels.spec import KernelSpec, Network, output_names
+from core.kernels.spec import KernelSpec, Network
+from core.kernels.spec import resolve_outputs as core_resolve_outputs
 from service.npy import NPY_MEDIA_TYPE
 from service.problems import ProblemError, invalid, too_large
 from service.responses import ORJSONResponse, npy_response
@@ -15,15 +16,11 @@ from service.settings import Settings
 
 
 def resolve_outputs(spec: KernelSpec, requested: Sequence[str] | None) -> list[str]:
-    """The requested matrix names (deduplicated, in order), or all the kernel yields."""
-    available = output_names(spec)
-    if requested is None:
-        return list(available)
-    for i, name in enumerate(requested):
-        if name not in available:
-            raise invalid(["body", "outputs", i],
-                          f"'{name}' is not a matrix of this kernel; choose from {', '.join(available)}")
-    return list(dict.fromkeys(requested))
+    """The requested matrix names (deduplicated, in order), or all the kernel yields; 422 otherwise."""
+    try:
+        return list(core_resolve_outputs(spec, requested))
+    except ValueError as exc:
+        raise invalid(["body", "outputs"], str(exc)) from None
 
 
 def check_features(x1: np.ndarray, x2: np.ndarray | None, names: tuple[str, str] = ("x1", "x2")) -> None:

@@ -22,7 +22,6 @@ from core.empirical.network import (
 )
 from core.empirical.ntk import (
     empirical_kernels,
-    infinite_counterpart,
     kernels_from_params,
     working_memory_entries,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "empirical_kernels",
     "flatten",
     "gradients",
-    "infinite_counterpart",
     "init_params",
     "kernels_from_params",
     "parameter_count",

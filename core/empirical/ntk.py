@@ -27,8 +27,6 @@ With ``x2=None`` the symmetric products use ``A Aᵀ`` (BLAS syrk) and the resul
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from core.empirical.activations import apply_chain
@@ -47,50 +45,14 @@ from core.empirical.network import (
     parameter_count,
     two_layer_blocks,
 )
-from core.kernels.spec import Dense, Network, TwoLayerRelu, output_names
+from core.kernels.spec import TwoLayerRelu, resolve_outputs
 
 __all__ = [
     "empirical_kernels",
-    "infinite_counterpart",
     "kernels_from_params",
     "parameter_count",
     "working_memory_entries",
 ]
-
-
-def infinite_counterpart(spec: EmpiricalSpec, width: int) -> EmpiricalSpec:
-    """The infinite-width spec whose kernels the empirical ones of ``(spec, width)`` approach.
-
-    Every dense layer but the last gets ``width=width`` (what the standard-parameterization
-    recursion needs as fan-in; ignored under NTK parameterization); other specs are returned as is.
-    """
-    if not isinstance(spec, Network):
-        return spec
-    last = max(i for i, layer in enumerate(spec.layers) if isinstance(layer, Dense))
-    layers = tuple(
-        dataclasses.replace(layer, width=width)
-        if isinstance(layer, Dense) and i < last
-        else layer
-        for i, layer in enumerate(spec.layers)
-    )
-    return dataclasses.replace(spec, layers=layers)
-
-
-def _resolve_outputs(
-    spec: EmpiricalSpec, outputs: list[str] | tuple[str, ...] | None
-) -> tuple[str, ...]:
-    names = output_names(spec)
-    if outputs is None:
-        return names
-    if isinstance(outputs, str):
-        outputs = (outputs,)
-    chosen = tuple(dict.fromkeys(outputs))
-    unknown = [o for o in chosen if o not in names]
-    if unknown or not chosen:
-        raise ValueError(
-            f"unknown outputs {unknown or list(outputs)} for this kernel; expected some of {list(names)}"
-        )
-    return chosen
 
 
 def empirical_kernels(
@@ -111,7 +73,7 @@ def empirical_kernels(
     invalid spec, bad shapes, non-finite inputs or unknown output names.
     """
     dt = _float_dtype(dtype)
-    chosen = _resolve_outputs(spec, outputs)
+    chosen = resolve_outputs(spec, outputs)
     a = as_inputs(x1, dt, name="x1")
     b = None if x2 is None else as_inputs(x2, dt, a.shape[1], name="x2")
     architecture(spec, a.shape[1], width)  # validate before drawing
@@ -132,7 +94,7 @@ def kernels_from_params(
 
     ``chunk`` overrides the number of hidden units per block in the two-layer path (testing).
     """
-    chosen = _resolve_outputs(spec, outputs)
+    chosen = resolve_outputs(spec, outputs)
     arch = architecture(spec, params.d, params.width)
     a = as_inputs(x1, params.dtype, params.d, name="x1")
     sym = x2 is None

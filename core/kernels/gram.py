@@ -53,7 +53,7 @@ from core.kernels.spec import (
     Layer,
     Network,
     TwoLayerRelu,
-    output_names,
+    resolve_outputs,
     validate_spec,
 )
 from core.kernels.state import KernelState, row_sq_norms
@@ -106,25 +106,10 @@ def _as_matrix(x: Any, name: str, dtype: np.dtype) -> Array:
     return a
 
 
-def _check_outputs(spec: KernelSpec, outputs: Iterable[str] | None) -> tuple[str, ...]:
-    names = output_names(spec)
-    if outputs is None:
-        return names
-    if isinstance(outputs, str):
-        outputs = (outputs,)
-    wanted = tuple(dict.fromkeys(outputs))
-    if not wanted:
-        raise ValueError("outputs must name at least one matrix")
-    unknown = [o for o in wanted if o not in names]
-    if unknown:
-        raise ValueError(f"unknown output(s) {unknown} for this kernel; it yields {list(names)}")
-    return wanted
-
-
 def _prepare(spec, x1, x2, outputs, dtype, engine):
     validate_spec(spec)
     dt = _check_dtype(dtype)
-    wanted = _check_outputs(spec, outputs)
+    wanted = resolve_outputs(spec, outputs)
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
     a = _as_matrix(x1, "x1", dt)

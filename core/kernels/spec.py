@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
@@ -104,6 +105,25 @@ def output_names(spec: KernelSpec) -> tuple[str, ...]:
     if isinstance(spec, TwoLayerRelu):
         return ("ntk", "ntk_a", "ntk_b", "nngp")
     return ("kernel",)
+
+
+def resolve_outputs(spec: KernelSpec, outputs: Iterable[str] | None) -> tuple[str, ...]:
+    """The requested matrix names, deduplicated in order (default: all ``spec`` yields).
+
+    Raises ``ValueError`` for an empty request or a name the kernel does not yield.
+    """
+    names = output_names(spec)
+    if outputs is None:
+        return names
+    if isinstance(outputs, str):
+        outputs = (outputs,)
+    wanted = tuple(dict.fromkeys(outputs))
+    if not wanted:
+        raise ValueError("outputs must name at least one matrix")
+    unknown = [o for o in wanted if o not in names]
+    if unknown:
+        raise ValueError(f"unknown output(s) {unknown} for this kernel; it yields {list(names)}")
+    return wanted
 
 
 def default_output(spec: KernelSpec) -> str:

@@ -26,7 +26,7 @@ def _empirical_and_errors(
     dtype: np.dtype,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     finite = core_empirical.empirical_kernels(spec, x1, x2, width=width, seed=seed, outputs=outputs, dtype=dtype)
-    limit = core_kernels.gram(core_empirical.infinite_counterpart(spec, width), x1, x2, outputs=outputs,
+    limit = core_kernels.gram(core_kernels.layer_widths_applied(spec, width), x1, x2, outputs=outputs,
                               dtype=np.dtype(np.float64))
     ensure_finite(limit, "float64")
     errors = {}

@@ -20,7 +20,6 @@ from core.empirical import (
     empirical_kernels,
     flatten,
     gradients,
-    infinite_counterpart,
     init_params,
     kernels_from_params,
     parameter_count,
@@ -30,7 +29,7 @@ from core.empirical import (
     working_memory_entries,
 )
 from core.empirical.activations import ACTIVATION_NAMES, dphi, phi
-from core.kernels.spec import Activation, Dense, Network, TwoLayerRelu
+from core.kernels.spec import Activation, Dense, Network, TwoLayerRelu, layer_widths_applied
 
 A = Activation
 
@@ -366,17 +365,15 @@ def test_deep_relu_network_converges(conv_x):
 
 
 def test_matches_core_kernels_gram_when_available(conv_x):
-    kernels = pytest.importorskip("core.kernels")
-    gram = getattr(kernels, "gram", None)
-    if gram is None:
-        pytest.skip("core.kernels.gram not available yet")
+    from core.kernels import gram
+
     m = 16384
     specs = [
         TwoLayerRelu(),
         net(Dense(1.3, 0.2), A("relu"), Dense(0.9, 0.1)),
         net(Dense(1.0, 0.2), A("erf"), Dense(1.0), parameterization="standard"),
     ]
-    cases = [(s, infinite_counterpart(s, m)) for s in specs]
+    cases = [(s, layer_widths_applied(s, m)) for s in specs]
     for emp_spec, inf_spec in cases:
         inf = gram(inf_spec, conv_x)
         errs = [
@@ -453,7 +450,7 @@ def test_outputs_selection_and_names(data):
         empirical_kernels(deep, x1, width=8, seed=0, outputs=["nngp"])["nngp"],
         empirical_kernels(deep, x1, width=8, seed=0)["nngp"],
     )
-    with pytest.raises(ValueError, match="unknown outputs"):
+    with pytest.raises(ValueError, match="unknown output"):
         empirical_kernels(spec, x1, width=8, seed=0, outputs=["ntk_a"])
 
 
@@ -528,24 +525,6 @@ def test_kernels_are_symmetric_psd(seed, act, depth, b_std, parameterization):
     for k in out.values():
         assert np.all(np.isfinite(k)) and np.array_equal(k, k.T)
         assert np.linalg.eigvalsh(k).min() > -1e-9 * max(1.0, np.abs(k).max())
-
-
-def test_infinite_counterpart_sets_hidden_widths():
-    spec = net(
-        Dense(1.0, width=3),
-        A("relu"),
-        Dense(2.0),
-        Dense(1.0, width=7),
-        parameterization="standard",
-    )
-    got = infinite_counterpart(spec, 64)
-    assert [layer.width for layer in got.layers if isinstance(layer, Dense)] == [
-        64,
-        64,
-        7,
-    ]
-    assert got.parameterization == "standard" and got.layers[1] == A("relu")
-    assert infinite_counterpart(TwoLayerRelu(), 64) == TwoLayerRelu()
 
 
 def test_parameters_are_the_seeded_standard_normal_stream():
