@@ -1,6 +1,6 @@
 """HTTP latency and throughput against a real uvicorn process.
 
-    python bench/http.py [--requests 400] [--concurrency 16]
+    python bench/latency.py [--requests 400] [--concurrency 16]
 
 Starts ``python -m service serve`` on a free loopback port, then drives it with
 ``--concurrency`` clients: ``GET /healthz`` and a small ``POST /v1/kernels`` (n = 32,
