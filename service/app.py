@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
 
+from core import kernels as core_kernels
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.observability import Metrics
@@ -20,6 +22,11 @@ from service.storage.state import Storage
 API_VERSION = "1.0.0"
 
 
+def _warm_up(done: threading.Event) -> None:
+    core_kernels.warm_up()
+    done.set()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. ``settings`` default to the ``NTK_*`` environment."""
     settings = settings or get_settings()
@@ -27,6 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not app.state.warm.is_set():  # compile the kernel engine before the first request needs it
+            threading.Thread(target=_warm_up, args=(app.state.warm,), name="ntk-warm-up", daemon=True).start()
         yield
         app.state.storage.close()
 
@@ -40,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.storage = Storage(settings.data_dir)
+    app.state.warm = threading.Event()
     app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_threads)
     install_error_handlers(app)
     app.add_middleware(

@@ -22,7 +22,6 @@ from service.auth import authenticate
 from service.negotiation import negotiate
 from service.problems import ProblemError
 
-
 _THREAD_PARSE_BYTES = 1 << 20
 
 

@@ -55,7 +55,8 @@ async def readyz(request: Request) -> Readiness:
         raise ProblemError(503, f"The data store is not usable: {exc}", slug="not-ready",
                            headers={"Retry-After": "5"}) from None
     limiter = request.app.state.compute_limiter
-    checks["compute"] = f"ok ({limiter.borrowed_tokens}/{int(limiter.total_tokens)} threads busy)"
+    warm = "" if request.app.state.warm.is_set() else ", kernel engine still compiling"
+    checks["compute"] = f"ok ({limiter.borrowed_tokens}/{int(limiter.total_tokens)} threads busy{warm})"
     return Readiness(status="ready", checks=checks)
 
 

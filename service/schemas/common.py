@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeAlias
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+)
 
 FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
 #: An integer; booleans and numeric strings are refused.
