@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     max_layers: int = Field(64, ge=1, description="Most layers in one network specification.")
     max_empirical_width: int = Field(2**18, ge=1, description="Widest finite network for empirical kernels.")
     max_empirical_work: int = Field(
-        2_000_000_000,
+        400_000_000,
         ge=1,
         description="Most float entries an empirical-kernel request may hold at once (parameters and activations).",
     )
