@@ -89,10 +89,10 @@ class Spectrum:
 def spectrum(kernel: np.ndarray, top_k: int | None = None, *, basis: EigenBasis | None = None) -> Spectrum:
     """The spectrum of ``kernel``: eigenvalues only (``eigvalsh``, ~1/4 of a full ``eigh``),
     or those of ``basis`` when one was already computed for this kernel."""
-    k = as_square(kernel)
-    lam = basis.eigenvalues if basis is not None else _eigh(k, vectors=False)[0]
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+    k = as_square(kernel)
+    lam = basis.eigenvalues if basis is not None else _eigh(k, vectors=False)[0]
     lam_max, lam_min = float(lam[0]), float(lam[-1])
     cond = lam_max / lam_min if lam_min > 0 else float("inf")
     return Spectrum(lam[:top_k].copy(), cond, lam_min, float(np.trace(k)))
