@@ -15,7 +15,15 @@ from service.middleware import RequestContextMiddleware
 from service.observability import Metrics
 from service.openapi_doc import DESCRIPTION, build_openapi
 from service.responses import ORJSONResponse
-from service.routers import datasets, empirical, kernels, ops
+from service.routers import (
+    datasets,
+    empirical,
+    kernels,
+    models,
+    ops,
+    spectra,
+    trajectories,
+)
 from service.settings import Settings, get_settings
 from service.storage.state import Storage
 
@@ -57,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limits={"/v1/datasets": ("max_dataset_bytes", settings.max_dataset_bytes)},
     )
     app.include_router(ops.router)
-    for module in (kernels, empirical, datasets):
+    for module in (kernels, empirical, models, trajectories, spectra, datasets):
         app.include_router(module.router)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,4 @@
-"""Request checks and response rendering shared by the Gram-matrix endpoints."""
+"""Output selection, finiteness and response rendering shared by the Gram-matrix endpoints."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from starlette.responses import Response
 
-from core.kernels.spec import KernelSpec, Network
+from core.kernels.spec import KernelSpec
 from core.kernels.spec import resolve_outputs as core_resolve_outputs
 from service.npy import NPY_MEDIA_TYPE
-from service.problems import ProblemError, invalid, too_large
+from service.problems import ProblemError, invalid
 from service.responses import ORJSONResponse, npy_response
-from service.settings import Settings
 
 
 def resolve_outputs(spec: KernelSpec, requested: Sequence[str] | None) -> list[str]:
@@ -21,27 +20,6 @@ def resolve_outputs(spec: KernelSpec, requested: Sequence[str] | None) -> list[s
         return list(core_resolve_outputs(spec, requested))
     except ValueError as exc:
         raise invalid(["body", "outputs"], str(exc)) from None
-
-
-def check_features(x1: np.ndarray, x2: np.ndarray | None, names: tuple[str, str] = ("x1", "x2")) -> None:
-    """``x2`` must have as many features (columns) as ``x1``."""
-    if x2 is not None and x2.shape[1] != x1.shape[1]:
-        raise invalid(["body", names[1]],
-                      f"{names[1]} has {x2.shape[1]} features but {names[0]} has {x1.shape[1]}")
-
-
-def check_result_size(settings: Settings, n1: int, n2: int, count: int) -> None:
-    """Refuse (413) a synchronous response of more than ``max_result_entries`` entries."""
-    entries = n1 * n2 * count
-    if entries > settings.max_result_entries:
-        raise too_large("max_result_entries",
-                        f"{count} matrix(es) of {n1} × {n2} is {entries} entries, over {settings.max_result_entries}")
-
-
-def check_layers(settings: Settings, spec: KernelSpec) -> None:
-    """Refuse (413) a network with more than ``max_layers`` layers."""
-    if isinstance(spec, Network) and len(spec.layers) > settings.max_layers:
-        raise too_large("max_layers", f"the network has {len(spec.layers)} layers, over {settings.max_layers}")
 
 
 def wants_npy(media_type: str, outputs: list[str]) -> bool:

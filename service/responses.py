@@ -25,6 +25,8 @@ class ORJSONResponse(JSONResponse):
 def _default(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
+    if isinstance(obj, np.ndarray):  # orjson serializes C-contiguous arrays natively
+        return np.ascontiguousarray(obj)
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot serialize {type(obj).__name__}")

@@ -11,6 +11,7 @@ Public surface::
 and the specification dataclasses of ``spec.py``.
 """
 
+from core.kernels.diagonal import gram_diagonal
 from core.kernels.gram import gram, gram_block, warm_up
 from core.kernels.spec import (
     CLOSED_FORM_ACTIVATIONS,
@@ -47,6 +48,7 @@ __all__ = [
     "default_output",
     "gram",
     "gram_block",
+    "gram_diagonal",
     "layer_widths_applied",
     "output_names",
     "validate_spec",

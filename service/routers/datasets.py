@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service.auth import Owner
 from service.npy import NPY_MEDIA_TYPE
 from service.openapi_doc import problem
-from service.pagination import decode_token, encode_token
+from service.pagination import page
 from service.problems import ProblemError
 from service.responses import ORJSONResponse
 from service.routers.v1 import v1_router
@@ -85,11 +85,9 @@ async def list_datasets(
     limit: Annotated[int, Query(ge=1, le=100)] = 20, page_token: Annotated[str | None, Query(max_length=100)] = None,
 ) -> DatasetList:
     """The caller's datasets, newest first."""
-    before = decode_token(page_token) if page_token else None
-    rows = _storage(request).datasets.list(owner, limit + 1, before)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return DatasetList(items=[_out(d) for d in rows], next_page_token=encode_token(rows[-1].seq) if more else None)
+    store = _storage(request).datasets
+    rows, token = page(lambda n, before: store.list(owner, n, before), lambda d: d.seq, limit, page_token)
+    return DatasetList(items=[_out(d) for d in rows], next_page_token=token)
 
 
 @router.get("/datasets/{dataset_id}", operation_id="getDataset", response_model=DatasetOut, responses=NOT_FOUND)

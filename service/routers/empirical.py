@@ -10,16 +10,9 @@ from core import empirical as core_empirical
 from core import kernels as core_kernels
 from core.kernels.spec import Dense, KernelSpec, Network
 from service.auth import Owner
+from service.checks import check_features, check_layers, check_result_size
 from service.compute import run_compute
-from service.matrices import (
-    check_features,
-    check_layers,
-    check_result_size,
-    ensure_finite,
-    render,
-    resolve_outputs,
-    wants_npy,
-)
+from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
 from service.problems import invalid, too_large
 from service.routers.kernels import NPY_200
 from service.routers.v1 import v1_router

@@ -8,16 +8,9 @@ from starlette.responses import Response
 
 from core import kernels as core_kernels
 from service.auth import Owner
+from service.checks import check_features, check_layers, check_result_size
 from service.compute import run_compute
-from service.matrices import (
-    check_features,
-    check_layers,
-    check_result_size,
-    ensure_finite,
-    render,
-    resolve_outputs,
-    wants_npy,
-)
+from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
 from service.npy import NPY_MEDIA_TYPE
 from service.routers.v1 import v1_router
 from service.schemas.gram import KernelsRequest, KernelsResponse

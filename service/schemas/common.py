@@ -19,6 +19,8 @@ from pydantic import (
 )
 
 FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+Positive: TypeAlias = Annotated[FiniteFloat, Field(gt=0)]
+NonNegative: TypeAlias = Annotated[FiniteFloat, Field(ge=0)]
 #: An integer; booleans and numeric strings are refused.
 Integer: TypeAlias = StrictInt
 Dtype: TypeAlias = Literal["float64", "float32"]
@@ -46,3 +48,18 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 _Row = Annotated[list[FiniteFloat], Field(min_length=1)]
 #: An ``n × d`` matrix as a list of rows (n, d ≥ 1), validated into a float64 array.
 Matrix: TypeAlias = Annotated[list[_Row], Field(min_length=1), AfterValidator(_to_matrix)]
+
+
+def _to_targets(value: list[float] | list[list[float]]) -> np.ndarray:
+    if value and isinstance(value[0], list):
+        return _to_matrix(value)  # type: ignore[arg-type]
+    array = np.array(value, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError("every value must be a finite float64 number")
+    return array
+
+
+#: Targets: a vector of ``n`` numbers (one output) or an ``n × k`` matrix (k outputs).
+Targets: TypeAlias = Annotated[
+    list[_Row] | Annotated[list[FiniteFloat], Field(min_length=1)], Field(min_length=1), AfterValidator(_to_targets)
+]

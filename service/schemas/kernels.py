@@ -10,10 +10,13 @@ from typing import Annotated, Literal, TypeAlias
 from pydantic import Field, model_validator
 
 from core.kernels import spec as core
-from service.schemas.common import FiniteFloat, Integer, RequestModel
-
-Positive: TypeAlias = Annotated[FiniteFloat, Field(gt=0)]
-NonNegative: TypeAlias = Annotated[FiniteFloat, Field(ge=0)]
+from service.schemas.common import (
+    FiniteFloat,
+    Integer,
+    NonNegative,
+    Positive,
+    RequestModel,
+)
 
 
 class DenseLayer(RequestModel):

@@ -14,6 +14,10 @@ CREATE TABLE IF NOT EXISTS datasets (
     sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, created_at TEXT NOT NULL, seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS datasets_owner_seq ON datasets (owner, seq DESC);
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, meta TEXT NOT NULL, created_at TEXT NOT NULL, seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS models_owner_seq ON models (owner, seq DESC);
 CREATE TABLE IF NOT EXISTS idempotency (
     owner TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
     resource_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (owner, endpoint, key)

@@ -9,6 +9,7 @@ from pathlib import Path
 from service.storage.datasets import DatasetStore
 from service.storage.db import Database
 from service.storage.idempotency import IdempotencyKeys
+from service.storage.models import ModelStore
 
 
 class Storage:
@@ -26,6 +27,10 @@ class Storage:
         return DatasetStore(self.db, self.data_dir)
 
     @cached_property
+    def models(self) -> ModelStore:
+        return ModelStore(self.db, self.data_dir)
+
+    @cached_property
     def idempotency(self) -> IdempotencyKeys:
         return IdempotencyKeys(self.db)
 
@@ -33,5 +38,5 @@ class Storage:
         """Close the ledger; the next use reopens it (an app may run several lifespans)."""
         if "db" in self.__dict__:
             self.db.close()
-        for name in ("db", "datasets", "idempotency"):
+        for name in ("db", "datasets", "models", "idempotency"):
             self.__dict__.pop(name, None)

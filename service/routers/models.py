@@ -1,0 +1,163 @@
+"""``/v1/models``: fitted kernel regression as a resource; predictions and trajectories on it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import Header, Query, Request
+from pydantic import TypeAdapter
+from starlette.responses import Response
+
+from core.kernels.spec import KernelSpec as CoreKernelSpec
+from service.auth import Owner
+from service.checks import (
+    check_features,
+    check_training_set,
+    check_trajectory_options,
+    resolve_which,
+)
+from service.compute import run_compute
+from service.learning import (
+    fit_model,
+    model_predictions,
+    run_trajectory,
+    trajectory_body,
+)
+from service.openapi_doc import problem
+from service.pagination import page
+from service.problems import ProblemError, too_large
+from service.responses import ORJSONResponse
+from service.routers.v1 import v1_router
+from service.schemas.kernels import KernelSpec
+from service.schemas.learning import (
+    ModelCreate,
+    ModelList,
+    ModelOut,
+    PredictionOut,
+    PredictionRequest,
+    TrajectoryOptions,
+    TrajectoryOut,
+)
+from service.storage.models import StoredModel
+from service.storage.state import Storage
+
+router = v1_router("models")
+NOT_FOUND = {404: problem("No such model for this API key.")}
+_KERNEL = TypeAdapter(KernelSpec)
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                              description="Retry-safe creation: same key and body → same model.")]
+
+
+def _storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def _out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    cond = meta["condition_number"]
+    return {"id": model_id, "n_train": meta["n_train"], "n_outputs": meta["n_outputs"], "kernel": meta["kernel"],
+            "which": meta["which"], "ridge": meta["ridge"], "ridge_mode": meta["ridge_mode"],
+            "train_residual_norm": meta["train_residual_norm"],
+            "condition_number": cond if cond is not None and cond < float("inf") else None,
+            "created_at": meta["created_at"]}
+
+
+def _created(model_id: str, meta: dict[str, Any]) -> Response:
+    return ORJSONResponse(_out(model_id, meta), status_code=201, headers={"Location": f"/v1/models/{model_id}"})
+
+
+def _get(request: Request, owner: str, model_id: str) -> StoredModel:
+    model = _storage(request).models.get(owner, model_id)
+    if model is None:
+        raise ProblemError(404, f"No model {model_id!r} for this API key.", slug="not-found")
+    return model
+
+
+def _spec(model: StoredModel) -> CoreKernelSpec:
+    return _KERNEL.validate_python(model.meta["kernel"]).to_core()
+
+
+@router.post("/models", operation_id="createModel", status_code=201, response_model=ModelOut,
+             responses={201: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+async def create_model(body: ModelCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
+                       ) -> Response:
+    """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
+    store = _storage(request)
+    fingerprint = hashlib.sha256(await request.body()).hexdigest()
+    if idempotency_key is not None:
+        earlier = store.idempotency.lookup(owner, "models", idempotency_key, fingerprint)
+        existing = store.models.get(owner, earlier) if earlier else None
+        if existing is not None:
+            return _created(existing.id, existing.meta)
+    spec = body.kernel.to_core()
+    which = resolve_which(spec, body.which)
+    check_training_set(request.app.state.settings, spec, body.x_train, body.y_train)
+    fitted = await run_compute(request, fit_model, spec, which, body.x_train, body.y_train, body.ridge,
+                               body.ridge_mode)
+    meta = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
+            "ridge": body.ridge, "ridge_mode": body.ridge_mode, "n_train": fitted.n_train,
+            "n_outputs": fitted.n_outputs}
+    model = await run_compute(request, store.models.create, owner, meta, body.x_train, fitted)
+    if idempotency_key is not None:
+        store.idempotency.remember(owner, "models", idempotency_key, fingerprint, model.id)
+    return _created(model.id, model.meta)
+
+
+@router.get("/models", operation_id="listModels", response_model=ModelList)
+async def list_models(request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                      page_token: Annotated[str | None, Query(max_length=100)] = None) -> Response:
+    """The caller's models, newest first."""
+    store = _storage(request).models
+    rows, token = page(lambda n, before: store.metadata(owner, n, before), lambda r: r[2], limit, page_token)
+    return ORJSONResponse({"items": [_out(i, meta) for i, meta, _ in rows], "next_page_token": token})
+
+
+@router.get("/models/{model_id}", operation_id="getModel", response_model=ModelOut, responses=NOT_FOUND)
+async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
+    """One model's description."""
+    model = await run_compute(request, _get, request, owner, model_id)
+    return ORJSONResponse(_out(model.id, model.meta))
+
+
+@router.delete("/models/{model_id}", operation_id="deleteModel", status_code=204, responses=NOT_FOUND,
+               response_class=Response)
+async def delete_model(model_id: str, request: Request, owner: Owner) -> Response:
+    """Remove the model and its stored arrays."""
+    model = await run_compute(request, _get, request, owner, model_id)
+    _storage(request).models.delete(model)
+    return Response(status_code=204)
+
+
+@router.post("/models/{model_id}/predictions", operation_id="predictWithModel", response_model=PredictionOut,
+             responses=NOT_FOUND)
+async def predict_with_model(model_id: str, body: PredictionRequest, request: Request, owner: Owner) -> Response:
+    """Mean after training for ``time`` (null: t = ∞, kernel regression) and optional variance.
+
+    Variance: for ``which`` ntk/ntk_a, the infinite-width ensemble trained by gradient flow for
+    ``time`` (Lee et al. 2019; needs the network's NNGP, computed once per model); for nngp,
+    ntk_b and classic kernels the Gaussian-process posterior ``k** − k*ᵀ(K + ridge·I)⁻¹k*`` at
+    t = ∞, and the same prior trained for ``time`` otherwise.
+    """
+    model = await run_compute(request, _get, request, owner, model_id)
+    check_features(model.x_train, body.x_test, ("x_train", "x_test"))
+    settings = request.app.state.settings
+    entries = body.x_test.shape[0] * model.fit.n_outputs
+    if entries > settings.max_result_entries:
+        raise too_large("max_result_entries", f"{entries} predictions is over {settings.max_result_entries}")
+    mean, variance = await run_compute(request, model_predictions, model, _spec(model), body.x_test, body.time,
+                                       body.variance, body.learning_rate, body.loss_normalization)
+    return ORJSONResponse({"mean": mean, "variance": variance})
+
+
+@router.post("/models/{model_id}/trajectory", operation_id="modelTrajectory", response_model=TrajectoryOut,
+             responses=NOT_FOUND)
+async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Request, owner: Owner) -> Response:
+    """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept)."""
+    model = await run_compute(request, _get, request, owner, model_id)
+    check_trajectory_options(request.app.state.settings, body, model.x_train, model.fit.n_outputs)
+    fitted = model.fit
+    y = fitted.y[:, 0] if fitted.y_was_1d else fitted.y
+    basis = await run_compute(request, model.basis)
+    result = await run_compute(request, run_trajectory, _spec(model), model.meta["which"], fitted.kernel, y,
+                               model.x_train, fitted.ridge_effective, body, basis)
+    return ORJSONResponse(trajectory_body(result))
