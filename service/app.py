@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from core import kernels as core_kernels
 from service.errors import install_error_handlers
+from service.jobs.engine import ComputeEngine
 from service.middleware import RequestContextMiddleware
 from service.observability import Metrics
 from service.openapi_doc import DESCRIPTION, build_openapi
@@ -18,6 +19,7 @@ from service.responses import ORJSONResponse
 from service.routers import (
     datasets,
     empirical,
+    jobs,
     kernels,
     models,
     ops,
@@ -44,7 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if not app.state.warm.is_set():  # compile the kernel engine before the first request needs it
             threading.Thread(target=_warm_up, args=(app.state.warm,), name="ntk-warm-up", daemon=True).start()
+        if app.state.storage.jobs.active():  # resume what a previous process left running
+            await jobs.runner_for(app).resume()
         yield
+        if getattr(app.state, "runner", None) is not None:
+            await app.state.runner.shutdown()
+        await app.state.engine.close()
         app.state.storage.close()
 
     app = FastAPI(
@@ -57,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.storage = Storage(settings.data_dir)
+    app.state.engine = ComputeEngine(settings)
+    app.state.runner = None
     app.state.warm = threading.Event()
     app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_threads)
     install_error_handlers(app)
@@ -65,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limits={"/v1/datasets": ("max_dataset_bytes", settings.max_dataset_bytes)},
     )
     app.include_router(ops.router)
-    for module in (kernels, empirical, models, trajectories, spectra, datasets):
+    for module in (kernels, empirical, models, trajectories, spectra, datasets, jobs):
         app.include_router(module.router)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

@@ -15,11 +15,14 @@ from service.problems import PROBLEM_MEDIA_TYPE, ProblemError
 _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-class ORJSONResponse(JSONResponse):
-    """JSON via orjson; numpy arrays serialize natively (callers ensure they are finite)."""
+def dumps(content: Any) -> bytes:
+    """JSON bytes via orjson; numpy arrays serialize natively (callers ensure they are finite)."""
+    return orjson.dumps(content, default=_default, option=_ORJSON_OPTIONS)
 
+
+class ORJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=_default, option=_ORJSON_OPTIONS)
+        return dumps(content)
 
 
 def _default(obj: Any) -> Any:

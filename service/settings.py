@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(2 * 1024**3, ge=1, description="Largest dataset upload.")
     compute_threads: int = Field(2, ge=1, description="Synchronous computations running at once.")
 
+    # Asynchronous jobs (Dask).
+    dask_address: str | None = Field(None, description="External scheduler, e.g. tcp://scheduler:8786; "
+                                     "unset: an embedded LocalCluster.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the embedded LocalCluster.")
+    dask_worker_memory: str | None = Field(None, description="Memory limit per embedded worker, e.g. '4GiB' "
+                                           "(default: machine memory / workers).")
+    job_tile_bytes: int = Field(256 * 1024**2, ge=1024**2, description="Working-memory budget of one Gram tile.")
+    job_tile: int | None = Field(None, ge=1, description="Fixed Gram tile size (rows); default: from the budget.")
+    max_job_train_size: int = Field(40_000, ge=1, description="Largest training set for fit/trajectory jobs.")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

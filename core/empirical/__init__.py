@@ -5,6 +5,8 @@
   flatten/unflatten and norms (for gradient-descent training).
 - :mod:`core.empirical.ntk`: ``⟨∇θ f(x), ∇θ f(x')⟩`` without per-example Jacobians, and the
   size estimates the service uses to refuse too-large requests.
+- :mod:`core.empirical.training`: the lazy-training experiment (a finite network trained by
+  gradient descent next to the infinite-width NTK's prediction) and its cost estimates.
 """
 
 from core.empirical.network import (
@@ -25,8 +27,15 @@ from core.empirical.ntk import (
     kernels_from_params,
     working_memory_entries,
 )
+from core.empirical.training import (
+    LazyTrainingResult,
+    lazy_training,
+    lazy_training_memory_entries,
+    lazy_training_work,
+)
 
 __all__ = [
+    "LazyTrainingResult",
     "Params",
     "add_scaled",
     "apply",
@@ -36,6 +45,9 @@ __all__ = [
     "gradients",
     "init_params",
     "kernels_from_params",
+    "lazy_training",
+    "lazy_training_memory_entries",
+    "lazy_training_work",
     "parameter_count",
     "params_distance",
     "params_norm",

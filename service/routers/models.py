@@ -53,7 +53,8 @@ def _storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def _out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The public description of a stored model (ModelOut)."""
     cond = meta["condition_number"]
     return {"id": model_id, "n_train": meta["n_train"], "n_outputs": meta["n_outputs"], "kernel": meta["kernel"],
             "which": meta["which"], "ridge": meta["ridge"], "ridge_mode": meta["ridge_mode"],
@@ -63,7 +64,7 @@ def _out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _created(model_id: str, meta: dict[str, Any]) -> Response:
-    return ORJSONResponse(_out(model_id, meta), status_code=201, headers={"Location": f"/v1/models/{model_id}"})
+    return ORJSONResponse(model_document(model_id, meta), status_code=201, headers={"Location": f"/v1/models/{model_id}"})
 
 
 def _get(request: Request, owner: str, model_id: str) -> StoredModel:
@@ -95,8 +96,7 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, idempo
     fitted = await run_compute(request, fit_model, spec, which, body.x_train, body.y_train, body.ridge,
                                body.ridge_mode)
     meta = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
-            "ridge": body.ridge, "ridge_mode": body.ridge_mode, "n_train": fitted.n_train,
-            "n_outputs": fitted.n_outputs}
+            "ridge": body.ridge, "ridge_mode": body.ridge_mode}
     model = await run_compute(request, store.models.create, owner, meta, body.x_train, fitted)
     if idempotency_key is not None:
         store.idempotency.remember(owner, "models", idempotency_key, fingerprint, model.id)
@@ -109,14 +109,14 @@ async def list_models(request: Request, owner: Owner, limit: Annotated[int, Quer
     """The caller's models, newest first."""
     store = _storage(request).models
     rows, token = page(lambda n, before: store.metadata(owner, n, before), lambda r: r[2], limit, page_token)
-    return ORJSONResponse({"items": [_out(i, meta) for i, meta, _ in rows], "next_page_token": token})
+    return ORJSONResponse({"items": [model_document(i, meta) for i, meta, _ in rows], "next_page_token": token})
 
 
 @router.get("/models/{model_id}", operation_id="getModel", response_model=ModelOut, responses=NOT_FOUND)
 async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
     """One model's description."""
     model = await run_compute(request, _get, request, owner, model_id)
-    return ORJSONResponse(_out(model.id, model.meta))
+    return ORJSONResponse(model_document(model.id, model.meta))
 
 
 @router.delete("/models/{model_id}", operation_id="deleteModel", status_code=204, responses=NOT_FOUND,

@@ -18,6 +18,12 @@ CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, meta TEXT NOT NULL, created_at TEXT NOT NULL, seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS models_owner_seq ON models (owner, seq DESC);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL,
+    created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT, error TEXT, request TEXT NOT NULL,
+    plan TEXT NOT NULL, result TEXT, seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs (owner, seq DESC);
 CREATE TABLE IF NOT EXISTS idempotency (
     owner TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
     resource_id TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (owner, endpoint, key)

@@ -75,6 +75,28 @@ def _save(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def new_model_id() -> str:
+    return f"mdl_{secrets.token_hex(12)}"
+
+
+_ARRAYS = ("x_train", "y", "kernel", "alpha", "cholesky")
+
+
+def write_model_arrays(folder: Path, x_train: np.ndarray, fit: KernelRidgeFit) -> None:
+    """Save what a stored model needs (also called on Dask workers for fit jobs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"x_train": x_train, "y": fit.y, "kernel": fit.kernel, "alpha": fit.alpha, "cholesky": fit.cholesky[0]}
+    for name in _ARRAYS:
+        _save(folder / f"{name}.npy", arrays[name])
+
+
+def model_meta(meta: dict[str, Any], fit: KernelRidgeFit) -> dict[str, Any]:
+    """The request's description of a model plus the fitted summary the ledger keeps."""
+    return {**meta, "n_train": fit.n_train, "n_outputs": fit.n_outputs, "ridge_effective": fit.ridge_effective,
+            "y_was_1d": fit.y_was_1d, "condition_number": fit.condition_number,
+            "train_residual_norm": fit.train_residual_norm}
+
+
 class ModelStore:
     def __init__(self, db: Database, root: Path, cache_size: int = 4) -> None:
         self.db = db
@@ -85,22 +107,30 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def create(self, owner: str, meta: dict[str, Any], x_train: np.ndarray, fit: KernelRidgeFit) -> StoredModel:
-        model_id = f"mdl_{secrets.token_hex(12)}"
-        meta = {**meta, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "ridge_effective": fit.ridge_effective, "y_was_1d": fit.y_was_1d,
-                "condition_number": fit.condition_number, "train_residual_norm": fit.train_residual_norm}
-        staging = self.root / f".{model_id}"
-        staging.mkdir()
-        arrays = {"x_train": x_train, "y": fit.y, "kernel": fit.kernel, "alpha": fit.alpha,
-                  "cholesky": fit.cholesky[0]}
-        for name, array in arrays.items():
-            _save(staging / f"{name}.npy", array)
-        folder = self.root / model_id
-        os.replace(staging, folder)
+        model_id = new_model_id()
+        staging = self.staging_folder(model_id)
+        write_model_arrays(staging, x_train, fit)
+        return self.register(model_id, owner, model_meta(meta, fit), (x_train, fit))
+
+    def staging_folder(self, model_id: str) -> Path:
+        """Where a model's arrays are written before :meth:`register` makes it visible."""
+        return self.root / f".{model_id}"
+
+    def register(self, model_id: str, owner: str, meta: dict[str, Any],
+                 in_memory: tuple[np.ndarray, KernelRidgeFit] | None = None) -> StoredModel:
+        """Move the staged arrays into place and record the model (the ledger row comes last).
+
+        ``in_memory``: the ``(x_train, fit)`` just written, so nothing is read back from disk.
+        """
+        meta = {**meta, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")}
+        os.replace(self.staging_folder(model_id), self.root / model_id)
         seq = time.time_ns()
         self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?)",
                         (model_id, owner, json.dumps(meta), meta["created_at"], seq))
-        model = StoredModel(model_id, owner, meta, x_train, fit, folder, seq)
+        row = {"id": model_id, "owner": owner, "meta": json.dumps(meta), "seq": seq}
+        model = (self._load(row) if in_memory is None else
+                 StoredModel(model_id, owner, meta, in_memory[0], in_memory[1], self.root / model_id, seq))
         self._remember(model)
         return model
 
@@ -129,8 +159,7 @@ class ModelStore:
     def _load(self, row: Any) -> StoredModel:
         folder = self.root / row["id"]
         meta = json.loads(row["meta"])
-        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
-                  for name in ("x_train", "y", "kernel", "alpha", "cholesky")}
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
         fit = KernelRidgeFit(
             kernel=arrays["kernel"], y=arrays["y"], y_was_1d=meta["y_was_1d"], alpha=arrays["alpha"],
             cholesky=(arrays["cholesky"], True), ridge_effective=meta["ridge_effective"],

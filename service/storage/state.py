@@ -6,6 +6,7 @@ import threading
 from functools import cached_property
 from pathlib import Path
 
+from service.jobs.ledger import JobLedger
 from service.storage.datasets import DatasetStore
 from service.storage.db import Database
 from service.storage.idempotency import IdempotencyKeys
@@ -31,6 +32,10 @@ class Storage:
         return ModelStore(self.db, self.data_dir)
 
     @cached_property
+    def jobs(self) -> JobLedger:
+        return JobLedger(self.db)
+
+    @cached_property
     def idempotency(self) -> IdempotencyKeys:
         return IdempotencyKeys(self.db)
 
@@ -38,5 +43,5 @@ class Storage:
         """Close the ledger; the next use reopens it (an app may run several lifespans)."""
         if "db" in self.__dict__:
             self.db.close()
-        for name in ("db", "datasets", "models", "idempotency"):
+        for name in ("db", "datasets", "models", "jobs", "idempotency"):
             self.__dict__.pop(name, None)

@@ -1,0 +1,157 @@
+"""Runs jobs: submits their Dask tasks, follows them to the end, and keeps the ledger current.
+
+Resumable by construction: a gram job's tasks are keyed ``<job>-tile-<i>`` and skip tiles
+whose done-marker exists, so :meth:`JobRunner.resume` after an API restart resubmits only the
+missing tiles. Shutting the API down leaves running jobs ``running`` for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from core.kernels.spec import KernelSpec
+from core.tiling import plan_tiles
+from service.jobs.engine import ComputeEngine
+from service.jobs.ledger import Job, JobLedger
+from service.jobs.tasks import (
+    CANCEL_FLAG,
+    TaskFailed,
+    fit_task,
+    gram_tile,
+    trajectory_task,
+)
+from service.observability import logger
+from service.storage.models import ModelStore
+from service.storage.state import Storage
+
+
+def _problem(detail: str) -> dict[str, Any]:
+    return {"type": "https://ntk-service.dev/problems/job-failed", "title": "Job failed", "status": 422,
+            "detail": detail, "errors": []}
+
+
+class JobRunner:
+    def __init__(self, storage: Storage, engine: ComputeEngine, spec_of: Any) -> None:
+        """``spec_of(job)`` rebuilds the core kernel spec from the job's stored request."""
+        self.storage = storage
+        self.engine = engine
+        self.root = storage.data_dir / "jobs"
+        self.spec_of = spec_of
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def ledger(self) -> JobLedger:
+        return self.storage.jobs
+
+    @property
+    def models(self) -> ModelStore:
+        return self.storage.models
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def launch(self, job: Job) -> None:
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"ntk-{job.id}")
+        self._tasks[job.id].add_done_callback(lambda _: self._tasks.pop(job.id, None))
+
+    async def resume(self) -> int:
+        """Relaunch every job the ledger says is queued or running (after a restart)."""
+        jobs = self.ledger.active()
+        for job in jobs:
+            if job.id not in self._tasks:
+                logger.info("resuming job", extra={"job_id": job.id})
+                self.launch(job)
+        return len(jobs)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            client = await self.engine.client()
+            self.ledger.start(job.id)
+            handler = {"gram": self._gram, "fit": self._fit, "trajectory": self._trajectory}[job.type]
+            result = await handler(client, job)
+            self.ledger.finish(job.id, "succeeded", result=result)
+        except TaskFailed as exc:
+            self.ledger.finish(job.id, "failed", error=json.loads(str(exc)))
+        except asyncio.CancelledError:
+            raise  # API shutdown or a cancel request: the ledger says which
+        except Exception as exc:  # noqa: BLE001 — any other failure ends the job, never leaves it stuck
+            logger.exception("job failed", extra={"job_id": job.id})
+            self.ledger.finish(job.id, "failed", error=_problem(f"{type(exc).__name__}: {exc}"))
+
+    async def _follow(self, client: Any, futures: list[Any], done: int, total: int, job: Job) -> list[Any]:
+        """Await ``futures`` as they complete, reporting progress; cancel the rest on failure."""
+        from distributed import as_completed
+
+        results = []
+        try:
+            async for future in as_completed(futures):
+                value = await future
+                results.append(value)
+                if value != -1:
+                    done += 1
+                    self.ledger.progress(job.id, done / total)
+        finally:
+            await client.cancel([f for f in futures if not f.done()])
+        return results
+
+    def _resources(self, job: Job) -> dict[str, float] | None:
+        return {"GPU": 1} if job.plan.get("device") == "gpu" else None
+
+    async def _gram(self, client: Any, job: Job) -> dict[str, Any]:
+        plan, folder = job.plan, self.folder(job.id)
+        spec: KernelSpec = self.spec_of(job)
+        tiles = plan_tiles(plan["n1"], plan["n2"], plan["tile"])
+        missing = [t for t in tiles if not (folder / "done" / str(t.index)).exists()]
+        futures = [
+            client.submit(gram_tile, str(folder), plan["x1"], plan["x2"], spec, plan["outputs"], plan["dtype"],
+                          (t.index, t.rows, t.cols, t.diagonal), plan["device"], key=f"{job.id}-tile-{t.index}",
+                          resources=self._resources(job), retries=1)
+            for t in missing
+        ]
+        await self._follow(client, futures, len(tiles) - len(missing), len(tiles), job)
+        return {"outputs": plan["outputs"], "shape": [plan["n1"], plan["n2"] or plan["n1"]]}
+
+    async def _fit(self, client: Any, job: Job) -> dict[str, Any]:
+        plan = job.plan
+        staging = self.models.staging_folder(plan["model_id"])
+        shutil.rmtree(staging, ignore_errors=True)
+        future = client.submit(fit_task, self.spec_of(job), plan["which"], plan["paths"], plan["ridge"],
+                               plan["ridge_mode"], str(staging), key=f"{job.id}-fit",
+                               resources=self._resources(job), retries=1)
+        (fitted,) = await self._follow(client, [future], 0, 1, job)
+        meta = {**plan["model_meta"], **fitted}
+        model = self.models.register(plan["model_id"], job.owner, meta)
+        return {"model_id": model.id}
+
+    async def _trajectory(self, client: Any, job: Job) -> dict[str, Any]:
+        plan = job.plan
+        out = self.folder(job.id) / "result.json"
+        future = client.submit(trajectory_task, self.spec_of(job), plan["which"], plan["paths"], plan["options"],
+                               str(out), key=f"{job.id}-trajectory", resources=self._resources(job), retries=1)
+        await self._follow(client, [future], 0, 1, job)
+        return {"path": "result.json"}
+
+    async def cancel(self, job: Job) -> bool:
+        """Stop a job: flag it (tiles check before writing), mark it cancelled, stop following it."""
+        folder = self.folder(job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CANCEL_FLAG).touch()
+        changed = self.ledger.finish(job.id, "cancelled")
+        task = self._tasks.get(job.id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return changed
+
+    async def shutdown(self) -> None:
+        """Stop following jobs (they stay ``running`` in the ledger and resume at the next start)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,136 @@
+"""Functions that run on Dask workers. They read inputs from files by path (never ship arrays
+in the graph), write results and done-markers to the job folder, and never touch the ledger.
+
+A job folder ``<data_dir>/jobs/<id>/`` holds ``inputs/`` (hard links to the datasets, so
+deleting a dataset cannot break a running job), ``result.zarr`` (gram: one array per output,
+chunk = tile), ``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from core.kernels import gram_block
+from core.kernels.spec import KernelSpec
+
+CANCEL_FLAG = "CANCELLED"
+
+
+class TaskFailed(Exception):
+    """A task's failure as a JSON problem document (plain string arg: it pickles safely)."""
+
+
+def _fail(detail: str) -> TaskFailed:
+    return TaskFailed(orjson.dumps({"type": "https://ntk-service.dev/problems/job-failed", "title": "Job failed",
+                                    "status": 422, "detail": detail, "errors": []}).decode())
+
+
+def load_input(path: str) -> np.ndarray:
+    """A job input, memory-mapped; a corrupted file becomes a clear task failure."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"input {Path(path).name} cannot be read as .npy ({exc}); upload the dataset again") from None
+
+
+def _rows(array: np.ndarray, start: int, stop: int, dtype: np.dtype, device: str) -> Any:
+    block = np.array(array[start:stop], dtype=dtype)
+    if not np.isfinite(block).all():
+        raise _fail(f"input rows {start}:{stop} contain NaN or Infinity")
+    if device == "gpu":
+        import cupy  # the GPU extra
+
+        return cupy.asarray(block)
+    return block
+
+
+def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec, outputs: list[str], dtype: str,
+              tile: tuple[int, tuple[int, int], tuple[int, int], bool], device: str = "cpu") -> int:
+    """Compute one tile and write it (and its transpose, above the diagonal of a symmetric job).
+
+    Returns the tile index, or -1 if the job was cancelled (nothing written then).
+    """
+    import zarr
+
+    index, (r0, r1), (c0, c1), diagonal = tile
+    folder = Path(job_dir)
+    marker = folder / "done" / str(index)
+    if marker.exists():
+        return index
+    if (folder / CANCEL_FLAG).exists():
+        return -1
+    dt = np.dtype(dtype)
+    x1 = load_input(x1_path)
+    rows = _rows(x1, r0, r1, dt, device)
+    cols = None if diagonal else _rows(x1 if x2_path is None else load_input(x2_path), c0, c1, dt, device)
+    try:
+        blocks = gram_block(spec, rows, cols, outputs=outputs, dtype=dt, symmetric=diagonal)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if device == "gpu":
+        blocks = {name: block.get() for name, block in blocks.items()}
+    for name, block in blocks.items():
+        if not np.isfinite(block).all():
+            raise _fail(f"the {name} matrix overflows {dtype} in rows {r0}:{r1}, columns {c0}:{c1}")
+    if (folder / CANCEL_FLAG).exists():
+        return -1
+    for name, block in blocks.items():
+        array = zarr.open_array(folder / "result.zarr" / name, mode="r+")
+        array[r0:r1, c0:c1] = block
+        if x2_path is None and not diagonal:
+            array[c0:c1, r0:r1] = block.T
+    marker.write_text(_worker_name())  # which worker did it (observability; tests check the spread)
+    return index
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def _learning_inputs(paths: dict[str, str | None]) -> dict[str, np.ndarray | None]:
+    return {name: None if path is None else np.array(load_input(path), dtype=np.float64)
+            for name, path in paths.items()}
+
+
+def fit_task(spec: KernelSpec, which: str, paths: dict[str, str | None], ridge: float, ridge_mode: str,
+             staging: str) -> dict[str, Any]:
+    """Fit a model and stage its arrays; returns the fitted summary for the ledger."""
+    from service.learning import fit_model
+    from service.problems import ProblemError
+    from service.storage.models import model_meta, write_model_arrays
+
+    data = _learning_inputs(paths)
+    try:
+        fitted = fit_model(spec, which, data["x_train"], data["y_train"], ridge, ridge_mode)
+    except ProblemError as exc:
+        raise _fail(exc.detail) from None
+    write_model_arrays(Path(staging), data["x_train"], fitted)  # type: ignore[arg-type]
+    return model_meta({}, fitted)
+
+
+def trajectory_task(spec: KernelSpec, which: str, paths: dict[str, str | None], options: dict[str, Any],
+                    out_path: str) -> None:
+    """Compute a trajectory and write its JSON document to ``out_path`` (atomically)."""
+    from service.learning import one_shot_trajectory, trajectory_body
+    from service.problems import ProblemError
+    from service.responses import dumps
+
+    body = SimpleNamespace(**options, **_learning_inputs(paths))
+    try:
+        document = trajectory_body(one_shot_trajectory(spec, which, body))
+    except ProblemError as exc:
+        raise _fail(exc.detail) from None
+    tmp = Path(out_path).with_suffix(".tmp")
+    tmp.write_bytes(dumps(document))
+    os.replace(tmp, out_path)

@@ -1,0 +1,345 @@
+"""``/v1/jobs``: large Gram matrices, fits and trajectories on Dask, tracked in the ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Header, Query, Request
+from pydantic import TypeAdapter
+from starlette.responses import Response, StreamingResponse
+
+from core.kernels.spec import KernelSpec as CoreKernelSpec
+from core.tiling import choose_tile, tile_count, tile_working_bytes
+from service.auth import Owner
+from service.checks import check_layers, check_trajectory_options, resolve_which
+from service.compute import run_compute
+from service.jobs.ledger import ACTIVE, Job, new_job_id
+from service.jobs.runner import JobRunner
+from service.matrices import resolve_outputs
+from service.negotiation import negotiate
+from service.npy import NPY_MEDIA_TYPE
+from service.openapi_doc import problem
+from service.pagination import page
+from service.problems import ProblemError, invalid, too_large
+from service.responses import ORJSONResponse
+from service.routers.models import model_document
+from service.routers.v1 import v1_router
+from service.schemas.jobs import (
+    FitJob,
+    GramJob,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobStatus,
+    TrajectoryJob,
+)
+from service.schemas.kernels import KernelSpec
+from service.storage.datasets import Dataset
+from service.storage.models import new_model_id
+from service.storage.state import Storage
+
+router = v1_router("jobs")
+NOT_FOUND = {404: problem("No such job for this API key.")}
+_KERNEL = TypeAdapter(KernelSpec)
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                              description="Retry-safe creation: same key and body → same job.")]
+
+
+def spec_of(job: Job) -> CoreKernelSpec:
+    return _KERNEL.validate_python(job.request["kernel"]).to_core()
+
+
+def runner_for(app: Any) -> JobRunner:
+    """The app's job runner (created on first use)."""
+    if app.state.runner is None:
+        app.state.runner = JobRunner(app.state.storage, app.state.engine, spec_of)
+    return app.state.runner
+
+
+def runner(request: Request) -> JobRunner:
+    return runner_for(request.app)
+
+
+def _storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def _out(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "type": job.type, "status": job.status, "progress": job.progress,
+            "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+            "error": job.error, "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"}}
+
+
+def _get(request: Request, owner: str, job_id: str) -> Job:
+    job = _storage(request).jobs.get(owner, job_id)
+    if job is None:
+        raise ProblemError(404, f"No job {job_id!r} for this API key.", slug="not-found")
+    return job
+
+
+def _dataset(request: Request, owner: str, field: str, dataset_id: str | None, ndim: tuple[int, ...] = (2,)
+             ) -> Dataset | None:
+    if dataset_id is None:
+        return None
+    dataset = _storage(request).datasets.get(owner, dataset_id)
+    if dataset is None:
+        raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
+    if len(dataset.shape) not in ndim:
+        raise invalid(["body", field], f"{field} must be a {' or '.join(f'{n}-d' for n in ndim)} array, "
+                      f"dataset {dataset_id} has shape {list(dataset.shape)}")
+    return dataset
+
+
+def _shaped(dataset: Dataset | None) -> np.ndarray | None:
+    """A zero-memory stand-in with the dataset's shape (for the shared shape checks)."""
+    return None if dataset is None else np.broadcast_to(np.zeros(()), dataset.shape)
+
+
+def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Storage) -> dict[str, str | None]:
+    """Hard-link (or copy) the inputs into the job folder: deleting a dataset cannot break the job."""
+    inputs = folder / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str | None] = {}
+    for name, dataset in datasets.items():
+        if dataset is None:
+            paths[name] = None
+            continue
+        target = inputs / f"{name}.npy"
+        try:
+            os.link(storage.datasets.path(dataset.id), target)
+        except OSError:
+            shutil.copyfile(storage.datasets.path(dataset.id), target)
+        paths[name] = str(target)
+    return paths
+
+
+def _check_disk(settings: Any, needed: int) -> None:
+    free = shutil.disk_usage(settings.data_dir).free
+    if needed > 0.9 * free:
+        raise ProblemError(413, f"The result needs about {needed} bytes but the store has {free} free; free space "
+                           "or compute fewer outputs / float32.", slug="store-full", title="Result too large")
+
+
+async def _require_gpu(request: Request) -> None:
+    if not await request.app.state.engine.has_gpu_worker():
+        raise ProblemError(503, "This job asks for a GPU but no worker with the Dask resource GPU=1 is connected; "
+                           "start a GPU worker or submit with device \"cpu\".", slug="no-gpu-worker",
+                           title="No GPU worker", headers={"Retry-After": "60"})
+
+
+def _plan_gram(request: Request, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
+    settings = request.app.state.settings
+    spec = body.kernel.to_core()
+    check_layers(settings, spec)
+    outputs = resolve_outputs(spec, body.outputs)
+    x1 = _dataset(request, owner, "x1", body.x1)
+    x2 = _dataset(request, owner, "x2", body.x2)
+    assert x1 is not None
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise invalid(["body", "x2"], f"x2 has {x2.shape[1]} features but x1 has {x1.shape[1]}")
+    n1, d = x1.shape
+    n2 = None if x2 is None else x2.shape[0]
+    itemsize = np.dtype(body.dtype).itemsize
+    _check_disk(settings, n1 * (n2 or n1) * len(outputs) * itemsize)
+    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes)
+    if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
+        raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} bytes")
+    paths = _link_inputs(folder, {"x1": x1, "x2": x2}, _storage(request))
+    return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
+            "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
+
+
+def _create_result_arrays(folder: Path, plan: dict[str, Any]) -> None:
+    import zarr
+
+    (folder / "done").mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(folder / "result.zarr", mode="w")
+    shape = (plan["n1"], plan["n2"] or plan["n1"])
+    for name in plan["outputs"]:
+        group.create_array(name, shape=shape, chunks=(plan["tile"], plan["tile"]), dtype=plan["dtype"],
+                           compressors=None, fill_value=0.0)
+
+
+def _plan_learning(request: Request, owner: str, body: FitJob | TrajectoryJob, folder: Path) -> dict[str, Any]:
+    settings = request.app.state.settings
+    spec = body.kernel.to_core()
+    check_layers(settings, spec)
+    which = resolve_which(spec, body.which)
+    datasets = {"x_train": _dataset(request, owner, "x_train", body.x_train),
+                "y_train": _dataset(request, owner, "y_train", body.y_train, (1, 2))}
+    x, y = datasets["x_train"], datasets["y_train"]
+    assert x is not None and y is not None
+    if y.shape[0] != x.shape[0]:
+        raise invalid(["body", "y_train"], f"y_train has {y.shape[0]} rows but x_train has {x.shape[0]}")
+    if x.shape[0] > settings.max_job_train_size:
+        raise too_large("max_job_train_size", f"{x.shape[0]} training points is over {settings.max_job_train_size}")
+    plan: dict[str, Any] = {"which": which, "ridge": body.ridge, "ridge_mode": body.ridge_mode, "device": body.device}
+    if isinstance(body, TrajectoryJob):
+        datasets["x_test"] = _dataset(request, owner, "x_test", body.x_test)
+        datasets["y_test"] = _dataset(request, owner, "y_test", body.y_test, (1, 2))
+        shapes = SimpleNamespace(**body.model_dump(include={"times", "method"}),
+                                 x_test=_shaped(datasets["x_test"]), y_test=_shaped(datasets["y_test"]))
+        check_trajectory_options(settings, shapes, _shaped(x), 1 if len(y.shape) == 1 else y.shape[1])
+        plan["options"] = body.model_dump(include={"times", "learning_rate", "method", "loss_normalization",
+                                                   "ridge", "ridge_mode"})
+    else:
+        plan["model_id"] = new_model_id()
+        plan["model_meta"] = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
+                              "ridge": body.ridge, "ridge_mode": body.ridge_mode}
+    plan["paths"] = _link_inputs(folder, datasets, _storage(request))
+    return plan
+
+
+@router.post("/jobs", operation_id="createJob", status_code=202, response_model=JobOut,
+             responses={503: problem("A GPU was requested but no GPU worker is connected (see Retry-After).")})
+async def create_job(body: JobCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
+                     ) -> Response:
+    """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
+    store = _storage(request)
+    fingerprint = hashlib.sha256(await request.body()).hexdigest()
+    if idempotency_key is not None:
+        earlier = store.idempotency.lookup(owner, "jobs", idempotency_key, fingerprint)
+        existing = store.jobs.get(owner, earlier) if earlier else None
+        if existing is not None:
+            return _accepted(existing)
+    if body.device == "gpu":
+        await _require_gpu(request)
+    job_id = new_job_id()
+    folder = runner(request).folder(job_id)
+    try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
+        if isinstance(body, GramJob):
+            plan = _plan_gram(request, owner, body, folder)
+            await run_compute(request, _create_result_arrays, folder, plan)
+        else:
+            plan = _plan_learning(request, owner, body, folder)
+        job = store.jobs.create(job_id, owner, body.type, body.model_dump(mode="json", exclude_none=True), plan)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if idempotency_key is not None:
+        store.idempotency.remember(owner, "jobs", idempotency_key, fingerprint, job.id)
+    runner(request).launch(job)
+    return _accepted(job)
+
+
+def _accepted(job: Job) -> Response:
+    return ORJSONResponse(_out(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("/jobs", operation_id="listJobs", response_model=JobList)
+async def list_jobs(request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                    page_token: Annotated[str | None, Query(max_length=100)] = None,
+                    status: JobStatus | None = None) -> Response:
+    """The caller's jobs, newest first, optionally only those with ``status``."""
+    ledger = _storage(request).jobs
+    rows, token = page(lambda n, before: ledger.list(owner, n, before, status), lambda j: j.seq, limit, page_token)
+    return ORJSONResponse({"items": [_out(j) for j in rows], "next_page_token": token})
+
+
+@router.get("/jobs/{job_id}", operation_id="getJob", response_model=JobOut, responses=NOT_FOUND)
+async def get_job(job_id: str, request: Request, owner: Owner) -> Response:
+    """Status and progress (tiles done / tiles total for gram jobs)."""
+    return ORJSONResponse(_out(_get(request, owner, job_id)))
+
+
+@router.post("/jobs/{job_id}/cancel", operation_id="cancelJob", status_code=202, response_model=JobOut,
+             responses=NOT_FOUND | {409: problem("The job has already finished.")})
+async def cancel_job(job_id: str, request: Request, owner: Owner) -> Response:
+    """Cancel a queued or running job; tiles in flight finish without writing."""
+    job = _get(request, owner, job_id)
+    if job.status not in ACTIVE or not await runner(request).cancel(job):
+        raise ProblemError(409, f"Job {job_id} has already finished ({job.status}); nothing to cancel.",
+                           slug="job-finished")
+    return ORJSONResponse(_out(_get(request, owner, job_id)), status_code=202)
+
+
+@router.delete("/jobs/{job_id}", operation_id="deleteJob", status_code=204, responses=NOT_FOUND,
+               response_class=Response)
+async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
+    """Cancel the job if needed and remove it and its result (a fit job's model too)."""
+    job = _get(request, owner, job_id)
+    jobs = runner(request)
+    if job.status in ACTIVE:
+        await jobs.cancel(job)
+    store = _storage(request)
+    store.jobs.delete(job.id)
+    if job.type == "fit" and job.result:
+        model = store.models.get(owner, job.result["model_id"])
+        if model is not None:
+            store.models.delete(model)
+    await run_compute(request, shutil.rmtree, jobs.folder(job.id), True)
+    return Response(status_code=204)
+
+
+def _rows(rows: str | None, n: int) -> tuple[int, int]:
+    if rows is None:
+        return 0, n
+    start, sep, stop = rows.partition(":")
+    try:
+        a = int(start) if start else 0
+        b = int(stop) if stop else n
+    except ValueError:
+        a = b = -1
+    if not sep or not 0 <= a < b <= n:
+        raise invalid(["query", "rows"], f"rows must be 'a:b' with 0 ≤ a < b ≤ {n}, got {rows!r}")
+    return a, b
+
+
+def _npy_stream(array: Any, start: int, stop: int, block_rows: int) -> Iterator[bytes]:
+    """``.npy`` bytes of ``array[start:stop]``, read block by block (never whole in memory)."""
+    dtype = np.dtype(array.dtype).newbyteorder("<")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": (stop - start, array.shape[1])})
+    yield header.getvalue()
+    for r in range(start, stop, block_rows):
+        yield np.ascontiguousarray(array[r:min(r + block_rows, stop)], dtype=dtype).tobytes()
+
+
+RESULT_CONTENT = {200: {"description": "gram: the matrix as .npy (streamed); fit: the model; trajectory: the "
+                                       "trajectory document.",
+                        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                                    "application/json": {"schema": {"type": "object"}}}},
+                  409: problem("The job has not succeeded (yet).")}
+
+
+@router.get("/jobs/{job_id}/result", operation_id="getJobResult", responses=NOT_FOUND | RESULT_CONTENT,
+            response_class=Response)
+async def get_job_result(
+    job_id: str, request: Request, owner: Owner,
+    rows: Annotated[str | None, Query(max_length=40, description="gram: a block of rows 'a:b'.")] = None,
+    output: Annotated[str | None, Query(max_length=10, description="gram: which matrix (default: the first).")] = None,
+) -> Response:
+    """The result of a succeeded job (409 before)."""
+    job = _get(request, owner, job_id)
+    if job.status != "succeeded":
+        raise ProblemError(409, f"Job {job_id} is {job.status}; its result exists once it has succeeded.",
+                           slug="job-not-finished")
+    wanted = NPY_MEDIA_TYPE if job.type == "gram" else "application/json"
+    if negotiate(request.headers.get("accept"), [wanted]) is None:
+        raise ProblemError(406, f"A {job.type} job's result is {wanted}.", slug="not-acceptable")
+    folder = runner(request).folder(job.id)
+    if job.type == "fit":
+        model = _storage(request).models.get(owner, job.result["model_id"]) if job.result else None
+        if model is None:
+            raise ProblemError(404, "The model this job fitted was deleted.", slug="not-found")
+        return ORJSONResponse(model_document(model.id, model.meta))
+    if job.type == "trajectory":
+        return Response((folder / "result.json").read_bytes(), media_type="application/json")
+    import zarr
+
+    name = output or job.plan["outputs"][0]
+    if name not in job.plan["outputs"]:
+        raise invalid(["query", "output"], f"this job computed {', '.join(job.plan['outputs'])}, not {name!r}")
+    array = zarr.open_array(folder / "result.zarr" / name, mode="r")
+    start, stop = _rows(rows, array.shape[0])
+    return StreamingResponse(_npy_stream(array, start, stop, job.plan["tile"]), media_type=NPY_MEDIA_TYPE)
