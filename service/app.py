@@ -19,6 +19,7 @@ from service.responses import ORJSONResponse
 from service.routers import (
     datasets,
     empirical,
+    experiments,
     jobs,
     kernels,
     models,
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limits={"/v1/datasets": ("max_dataset_bytes", settings.max_dataset_bytes)},
     )
     app.include_router(ops.router)
-    for module in (kernels, empirical, models, trajectories, spectra, datasets, jobs):
+    for module in (kernels, empirical, models, trajectories, spectra, experiments, datasets, jobs):
         app.include_router(module.router)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

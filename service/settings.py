@@ -37,6 +37,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Most float entries an empirical-kernel request may hold at once (parameters and activations).",
     )
+    max_lazy_training_work: int = Field(
+        10_000_000_000, ge=1, description="Most multiply-adds a synchronous lazy-training experiment may take.")
     max_dataset_bytes: int = Field(2 * 1024**3, ge=1, description="Largest dataset upload.")
     compute_threads: int = Field(2, ge=1, description="Synchronous computations running at once.")
 

@@ -189,11 +189,6 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _infinite_spec(spec: EmpiricalSpec, width: int):
-    """The infinite-width kernel matching the finite network (hidden widths = ``width``)."""
-    return layer_widths_applied(spec, width) if isinstance(spec, Network) else spec
-
-
 # ------------------------------------------------------------------------------ experiment
 
 
@@ -260,7 +255,7 @@ def lazy_training(
     n_norm = normalization_count(n, normalization)
 
     # Infinite-width NTK: one Gram matrix, one eigendecomposition.
-    inf_spec = _infinite_spec(spec, width)
+    inf_spec = layer_widths_applied(spec, width)  # hidden widths = width (standard param.)
     x64 = x.astype(np.float64)
     k_train = gram(inf_spec, x64, outputs=["ntk"])["ntk"]
     k_test = None if xt is None else gram(inf_spec, xt.astype(np.float64), x64, outputs=["ntk"])["ntk"]
