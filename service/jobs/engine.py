@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from service.jobs.tasks import WarmUp
 from service.observability import logger
 from service.settings import Settings
 
@@ -37,15 +38,24 @@ class ComputeEngine:
 
         address = self.settings.dask_address
         if address:
-            self._client = await Client(address, asynchronous=True, timeout="30s")
+            client = await Client(address, asynchronous=True, timeout="30s")
             logger.info("connected to Dask scheduler", extra={"scheduler": address})
-            return
-        self._cluster = await LocalCluster(
-            n_workers=self.settings.dask_workers, threads_per_worker=1, processes=True, asynchronous=True,
-            dashboard_address=":0", memory_limit=self.settings.dask_worker_memory or "auto",
-        )
-        self._client = await Client(self._cluster, asynchronous=True)
-        logger.info("started embedded Dask cluster", extra={"workers": self.settings.dask_workers})
+        else:
+            self._cluster = await LocalCluster(
+                n_workers=self.settings.dask_workers, threads_per_worker=1, processes=True, asynchronous=True,
+                dashboard_address=":0", memory_limit=self.settings.dask_worker_memory or "auto",
+            )
+            client = await Client(self._cluster, asynchronous=True)
+            logger.info("started embedded Dask cluster", extra={"workers": self.settings.dask_workers})
+        try:
+            await client.register_plugin(WarmUp())
+        except BaseException:
+            await client.close()
+            if self._cluster is not None:
+                await self._cluster.close()
+                self._cluster = None
+            raise
+        self._client = client
 
     async def workers(self) -> dict[str, Any]:
         """The scheduler's view of its workers (address → info, with ``resources``)."""

@@ -2,8 +2,8 @@
 in the graph), write results and done-markers to the job folder, and never touch the ledger.
 
 A job folder ``<data_dir>/jobs/<id>/`` holds ``inputs/`` (hard links to the datasets, so
-deleting a dataset cannot break a running job), ``result.zarr`` (gram: one array per output,
-chunk = tile), ``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
+deleting a dataset cannot break a running job), ``result.zarr`` (gram: one array per output;
+each tile covers whole chunks, so concurrent tiles never share one), ``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,24 @@ from typing import Any
 
 import numpy as np
 import orjson
+from distributed import WorkerPlugin
 
 from core.kernels import gram_block
 from core.kernels.spec import KernelSpec
 
 CANCEL_FLAG = "CANCELLED"
+
+
+class WarmUp(WorkerPlugin):
+    """A Dask worker plugin: compile (or load from cache) the kernel engine when a worker starts,
+    so the first tile does not pay for it. Registered by the engine; applies to restarted workers."""
+
+    name = "ntk-warm-up"
+
+    def setup(self, worker: Any) -> None:
+        from core.kernels import warm_up
+
+        warm_up()
 
 
 class TaskFailed(Exception):
