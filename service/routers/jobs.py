@@ -216,8 +216,6 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
         existing = store.jobs.get(owner, earlier) if earlier else None
         if existing is not None:
             return _accepted(existing)
-    if body.device == "gpu":
-        await _require_gpu(request)
     job_id = new_job_id()
     folder = runner(request).folder(job_id)
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
@@ -226,6 +224,8 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
             await run_compute(request, _create_result_arrays, folder, plan)
         else:
             plan = _plan_learning(request, owner, body, folder)
+        if body.device == "gpu":  # after validation: a bad request is a 422 even without GPU workers
+            await _require_gpu(request)
         job = store.jobs.create(job_id, owner, body.type, body.model_dump(mode="json", exclude_none=True), plan)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
