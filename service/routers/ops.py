@@ -55,12 +55,16 @@ async def readyz(request: Request) -> Readiness:
     except (OSError, sqlite3.Error) as exc:
         raise ProblemError(503, f"The data store is not usable: {exc}", slug="not-ready",
                            headers={"Retry-After": "5"}) from None
-    try:
-        workers = await asyncio.wait_for(request.app.state.engine.workers(), timeout=30)
-    except Exception as exc:  # noqa: BLE001 — any failure to reach the engine means not ready
-        raise ProblemError(503, f"The compute engine is not reachable: {exc!r}", slug="not-ready",
-                           headers={"Retry-After": "5"}) from None
-    checks["engine"] = f"ok ({len(workers)} Dask workers)"
+    engine = request.app.state.engine
+    if engine.started or request.app.state.settings.dask_address:
+        try:
+            workers = await asyncio.wait_for(engine.workers(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 — any failure to reach the engine means not ready
+            raise ProblemError(503, f"The compute engine is not reachable: {exc!r}", slug="not-ready",
+                               headers={"Retry-After": "5"}) from None
+        checks["engine"] = f"ok ({len(workers)} Dask workers)"
+    else:
+        checks["engine"] = "ok (embedded cluster, starts with the first job)"
     limiter = request.app.state.compute_limiter
     warm = "" if request.app.state.warm.is_set() else ", kernel engine still compiling"
     checks["compute"] = f"ok ({limiter.borrowed_tokens}/{int(limiter.total_tokens)} threads busy{warm})"
