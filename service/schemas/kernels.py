@@ -93,7 +93,8 @@ class LeakyReluLayer(RequestModel):
 
 
 class ElementwiseLayer(RequestModel):
-    """A named function without a closed-form dual kernel (Gauss–Hermite quadrature)."""
+    """A named function without a closed-form dual kernel, computed numerically (Hermite series with a
+    rigorous truncation bound, 2-D Gauss–Hermite quadrature as fallback; see core/kernels/quadrature.py)."""
 
     type: Literal["elementwise"]
     fn: Literal["tanh", "sigmoid", "softplus", "swish"]
