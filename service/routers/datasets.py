@@ -5,24 +5,26 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import Header, Query, Request
+from fastapi import Query, Request
 from starlette.responses import Response
 
 from service.auth import Owner
 from service.npy import NPY_MEDIA_TYPE
-from service.openapi_doc import problem
 from service.pagination import page
 from service.problems import ProblemError
-from service.responses import ORJSONResponse
+from service.routers.resources import (
+    IdempotencyKey,
+    created,
+    not_found,
+    not_found_response,
+    storage,
+)
 from service.routers.v1 import v1_router
 from service.schemas.datasets import DatasetList, DatasetOut
 from service.storage.datasets import Dataset
-from service.storage.state import Storage
 
 router = v1_router("datasets")
-NOT_FOUND = {404: problem("No such dataset for this API key.")}
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
-                                              description="Retry-safe creation: same key and body → same dataset.")]
+NOT_FOUND = not_found_response("dataset")
 
 
 def _out(d: Dataset) -> DatasetOut:
@@ -30,19 +32,15 @@ def _out(d: Dataset) -> DatasetOut:
                       bytes=d.bytes, created_at=d.created_at)
 
 
-def _storage(request: Request) -> Storage:
-    return request.app.state.storage
-
-
 def _get(request: Request, owner: str, dataset_id: str) -> Dataset:
-    dataset = _storage(request).datasets.get(owner, dataset_id)
+    dataset = storage(request).datasets.get(owner, dataset_id)
     if dataset is None:
-        raise ProblemError(404, f"No dataset {dataset_id!r} for this API key.", slug="not-found")
+        raise not_found("dataset", dataset_id)
     return dataset
 
 
 def _created(dataset: Dataset) -> Response:
-    return ORJSONResponse(_out(dataset), status_code=201, headers={"Location": f"/v1/datasets/{dataset.id}"})
+    return created(_out(dataset), f"/v1/datasets/{dataset.id}")
 
 
 @router.post(
@@ -60,7 +58,7 @@ async def create_dataset(
     if content_type.split(";")[0].strip().lower() != NPY_MEDIA_TYPE:
         raise ProblemError(415, f"Upload the array as {NPY_MEDIA_TYPE} (numpy.save bytes), not {content_type!r}.",
                            slug="unsupported-media-type")
-    store = _storage(request)
+    store = storage(request)
     tmp, header, sha256, size = await store.datasets.ingest(request.stream())
     if idempotency_key is not None:
         fingerprint = hashlib.sha256(f"{sha256}\0{name}".encode()).hexdigest()
@@ -85,7 +83,7 @@ async def list_datasets(
     limit: Annotated[int, Query(ge=1, le=100)] = 20, page_token: Annotated[str | None, Query(max_length=100)] = None,
 ) -> DatasetList:
     """The caller's datasets, newest first."""
-    store = _storage(request).datasets
+    store = storage(request).datasets
     rows, token = page(lambda n, before: store.list(owner, n, before), lambda d: d.seq, limit, page_token)
     return DatasetList(items=[_out(d) for d in rows], next_page_token=token)
 
@@ -100,5 +98,5 @@ async def get_dataset(dataset_id: str, request: Request, owner: Owner) -> Datase
                response_class=Response)
 async def delete_dataset(dataset_id: str, request: Request, owner: Owner) -> Response:
     """Remove the dataset and its file."""
-    _storage(request).datasets.delete(_get(request, owner, dataset_id))
+    storage(request).datasets.delete(_get(request, owner, dataset_id))
     return Response(status_code=204)

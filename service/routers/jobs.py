@@ -12,8 +12,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Header, Query, Request
-from pydantic import TypeAdapter
+from fastapi import Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
@@ -31,6 +30,14 @@ from service.pagination import page
 from service.problems import ProblemError, invalid, too_large
 from service.responses import ORJSONResponse
 from service.routers.models import model_document
+from service.routers.resources import (
+    IdempotencyKey,
+    created,
+    not_found,
+    not_found_response,
+    storage,
+    stored_spec,
+)
 from service.routers.v1 import v1_router
 from service.schemas.jobs import (
     FitJob,
@@ -41,20 +48,14 @@ from service.schemas.jobs import (
     JobStatus,
     TrajectoryJob,
 )
-from service.schemas.kernels import KernelSpec
 from service.storage.datasets import Dataset
 from service.storage.models import new_model_id
 from service.storage.state import Storage
 
 router = v1_router("jobs")
-NOT_FOUND = {404: problem("No such job for this API key.")}
-_KERNEL = TypeAdapter(KernelSpec)
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
-                                              description="Retry-safe creation: same key and body → same job.")]
-
-
+NOT_FOUND = not_found_response("job")
 def spec_of(job: Job) -> CoreKernelSpec:
-    return _KERNEL.validate_python(job.request["kernel"]).to_core()
+    return stored_spec(job.request["kernel"])
 
 
 def runner_for(app: Any) -> JobRunner:
@@ -68,10 +69,6 @@ def runner(request: Request) -> JobRunner:
     return runner_for(request.app)
 
 
-def _storage(request: Request) -> Storage:
-    return request.app.state.storage
-
-
 def _out(job: Job) -> dict[str, Any]:
     return {"id": job.id, "type": job.type, "status": job.status, "progress": job.progress,
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
@@ -79,9 +76,9 @@ def _out(job: Job) -> dict[str, Any]:
 
 
 def _get(request: Request, owner: str, job_id: str) -> Job:
-    job = _storage(request).jobs.get(owner, job_id)
+    job = storage(request).jobs.get(owner, job_id)
     if job is None:
-        raise ProblemError(404, f"No job {job_id!r} for this API key.", slug="not-found")
+        raise not_found("job", job_id)
     return job
 
 
@@ -89,7 +86,7 @@ def _dataset(request: Request, owner: str, field: str, dataset_id: str | None, n
              ) -> Dataset | None:
     if dataset_id is None:
         return None
-    dataset = _storage(request).datasets.get(owner, dataset_id)
+    dataset = storage(request).datasets.get(owner, dataset_id)
     if dataset is None:
         raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
     if len(dataset.shape) not in ndim:
@@ -152,7 +149,7 @@ def _plan_gram(request: Request, owner: str, body: GramJob, folder: Path) -> dic
     tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes)
     if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
         raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} bytes")
-    paths = _link_inputs(folder, {"x1": x1, "x2": x2}, _storage(request))
+    paths = _link_inputs(folder, {"x1": x1, "x2": x2}, storage(request))
     return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
             "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
 
@@ -200,7 +197,7 @@ def _plan_learning(request: Request, owner: str, body: FitJob | TrajectoryJob, f
         plan["model_id"] = new_model_id()
         plan["model_meta"] = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
                               "ridge": body.ridge, "ridge_mode": body.ridge_mode}
-    plan["paths"] = _link_inputs(folder, datasets, _storage(request))
+    plan["paths"] = _link_inputs(folder, datasets, storage(request))
     return plan
 
 
@@ -209,7 +206,7 @@ def _plan_learning(request: Request, owner: str, body: FitJob | TrajectoryJob, f
 async def create_job(body: JobCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
                      ) -> Response:
     """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
-    store = _storage(request)
+    store = storage(request)
     fingerprint = hashlib.sha256(await request.body()).hexdigest()
     if idempotency_key is not None:
         earlier = store.idempotency.lookup(owner, "jobs", idempotency_key, fingerprint)
@@ -237,7 +234,7 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
 
 
 def _accepted(job: Job) -> Response:
-    return ORJSONResponse(_out(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return created(_out(job), f"/v1/jobs/{job.id}", status_code=202)
 
 
 @router.get("/jobs", operation_id="listJobs", response_model=JobList)
@@ -245,7 +242,7 @@ async def list_jobs(request: Request, owner: Owner, limit: Annotated[int, Query(
                     page_token: Annotated[str | None, Query(max_length=100)] = None,
                     status: JobStatus | None = None) -> Response:
     """The caller's jobs, newest first, optionally only those with ``status``."""
-    ledger = _storage(request).jobs
+    ledger = storage(request).jobs
     rows, token = page(lambda n, before: ledger.list(owner, n, before, status), lambda j: j.seq, limit, page_token)
     return ORJSONResponse({"items": [_out(j) for j in rows], "next_page_token": token})
 
@@ -275,7 +272,7 @@ async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
     jobs = runner(request)
     if job.status in ACTIVE:
         await jobs.cancel(job)
-    store = _storage(request)
+    store = storage(request)
     store.jobs.delete(job.id)
     if job.type == "fit" and job.result:
         model = store.models.get(owner, job.result["model_id"])
@@ -335,7 +332,7 @@ async def get_job_result(
         raise ProblemError(406, f"A {job.type} job's result is {wanted}.", slug="not-acceptable")
     folder = runner(request).folder(job.id)
     if job.type == "fit":
-        model = _storage(request).models.get(owner, job.result["model_id"]) if job.result else None
+        model = storage(request).models.get(owner, job.result["model_id"]) if job.result else None
         if model is None:
             raise ProblemError(404, "The model this job fitted was deleted.", slug="not-found")
         return ORJSONResponse(model_document(model.id, model.meta))

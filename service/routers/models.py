@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
-from fastapi import Header, Query, Request
-from pydantic import TypeAdapter
+from fastapi import Query, Request
 from starlette.responses import Response
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
@@ -24,12 +23,18 @@ from service.learning import (
     run_trajectory,
     trajectory_body,
 )
-from service.openapi_doc import problem
 from service.pagination import page
-from service.problems import ProblemError, too_large
+from service.problems import too_large
 from service.responses import ORJSONResponse
+from service.routers.resources import (
+    IdempotencyKey,
+    created,
+    not_found,
+    not_found_response,
+    storage,
+    stored_spec,
+)
 from service.routers.v1 import v1_router
-from service.schemas.kernels import KernelSpec
 from service.schemas.learning import (
     ModelCreate,
     ModelList,
@@ -40,17 +45,9 @@ from service.schemas.learning import (
     TrajectoryOut,
 )
 from service.storage.models import StoredModel
-from service.storage.state import Storage
 
 router = v1_router("models")
-NOT_FOUND = {404: problem("No such model for this API key.")}
-_KERNEL = TypeAdapter(KernelSpec)
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
-                                              description="Retry-safe creation: same key and body → same model.")]
-
-
-def _storage(request: Request) -> Storage:
-    return request.app.state.storage
+NOT_FOUND = not_found_response("model")
 
 
 def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +61,18 @@ def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _created(model_id: str, meta: dict[str, Any]) -> Response:
-    return ORJSONResponse(model_document(model_id, meta), status_code=201, headers={"Location": f"/v1/models/{model_id}"})
+    return created(model_document(model_id, meta), f"/v1/models/{model_id}")
 
 
 def _get(request: Request, owner: str, model_id: str) -> StoredModel:
-    model = _storage(request).models.get(owner, model_id)
+    model = storage(request).models.get(owner, model_id)
     if model is None:
-        raise ProblemError(404, f"No model {model_id!r} for this API key.", slug="not-found")
+        raise not_found("model", model_id)
     return model
 
 
 def _spec(model: StoredModel) -> CoreKernelSpec:
-    return _KERNEL.validate_python(model.meta["kernel"]).to_core()
+    return stored_spec(model.meta["kernel"])
 
 
 @router.post("/models", operation_id="createModel", status_code=201, response_model=ModelOut,
@@ -83,7 +80,7 @@ def _spec(model: StoredModel) -> CoreKernelSpec:
 async def create_model(body: ModelCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
                        ) -> Response:
     """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
-    store = _storage(request)
+    store = storage(request)
     fingerprint = hashlib.sha256(await request.body()).hexdigest()
     if idempotency_key is not None:
         earlier = store.idempotency.lookup(owner, "models", idempotency_key, fingerprint)
@@ -107,7 +104,7 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, idempo
 async def list_models(request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                       page_token: Annotated[str | None, Query(max_length=100)] = None) -> Response:
     """The caller's models, newest first."""
-    store = _storage(request).models
+    store = storage(request).models
     rows, token = page(lambda n, before: store.metadata(owner, n, before), lambda r: r[2], limit, page_token)
     return ORJSONResponse({"items": [model_document(i, meta) for i, meta, _ in rows], "next_page_token": token})
 
@@ -124,7 +121,7 @@ async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
 async def delete_model(model_id: str, request: Request, owner: Owner) -> Response:
     """Remove the model and its stored arrays."""
     model = await run_compute(request, _get, request, owner, model_id)
-    _storage(request).models.delete(model)
+    storage(request).models.delete(model)
     return Response(status_code=204)
 
 
