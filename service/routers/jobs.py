@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -33,6 +32,7 @@ from service.routers.models import model_document
 from service.routers.resources import (
     IdempotencyKey,
     created,
+    earlier_creation,
     not_found,
     not_found_response,
     storage,
@@ -207,12 +207,9 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
                      ) -> Response:
     """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
     store = storage(request)
-    fingerprint = hashlib.sha256(await request.body()).hexdigest()
-    if idempotency_key is not None:
-        earlier = store.idempotency.lookup(owner, "jobs", idempotency_key, fingerprint)
-        existing = store.jobs.get(owner, earlier) if earlier else None
-        if existing is not None:
-            return _accepted(existing)
+    fingerprint, existing = await earlier_creation(request, owner, "jobs", idempotency_key, store.jobs.get)
+    if existing is not None:
+        return _accepted(existing)
     job_id = new_job_id()
     folder = runner(request).folder(job_id)
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any
 
 from fastapi import Query, Request
@@ -29,6 +28,7 @@ from service.responses import ORJSONResponse
 from service.routers.resources import (
     IdempotencyKey,
     created,
+    earlier_creation,
     not_found,
     not_found_response,
     storage,
@@ -81,12 +81,9 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, idempo
                        ) -> Response:
     """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
     store = storage(request)
-    fingerprint = hashlib.sha256(await request.body()).hexdigest()
-    if idempotency_key is not None:
-        earlier = store.idempotency.lookup(owner, "models", idempotency_key, fingerprint)
-        existing = store.models.get(owner, earlier) if earlier else None
-        if existing is not None:
-            return _created(existing.id, existing.meta)
+    fingerprint, existing = await earlier_creation(request, owner, "models", idempotency_key, store.models.get)
+    if existing is not None:
+        return _created(existing.id, existing.meta)
     spec = body.kernel.to_core()
     which = resolve_which(spec, body.which)
     check_training_set(request.app.state.settings, spec, body.x_train, body.y_train)

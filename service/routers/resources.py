@@ -3,7 +3,9 @@ responses, the Idempotency-Key header, and kernel specs stored as JSON."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import hashlib
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request
 from pydantic import TypeAdapter
@@ -17,6 +19,7 @@ from service.schemas.kernels import KernelSpec
 from service.storage.state import Storage
 
 _KERNEL = TypeAdapter(KernelSpec)
+T = TypeVar("T")
 
 #: ``Idempotency-Key``: a retry with the same key and body returns the original resource.
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
@@ -26,6 +29,19 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 def storage(request: Request) -> Storage:
     return request.app.state.storage
+
+
+async def earlier_creation(request: Request, owner: str, endpoint: str, key: str | None,
+                           fetch: Callable[[str, str], T | None]) -> tuple[str, T | None]:
+    """``(fingerprint of this body, what an earlier request with the same key and body created)``.
+
+    422 if the key was used with another body; ``fetch(owner, id)`` loads the earlier resource.
+    """
+    fingerprint = hashlib.sha256(await request.body()).hexdigest()
+    if key is None:
+        return fingerprint, None
+    earlier = storage(request).idempotency.lookup(owner, endpoint, key, fingerprint)
+    return fingerprint, fetch(owner, earlier) if earlier else None
 
 
 def not_found_response(kind: str) -> dict[int | str, dict[str, Any]]:
