@@ -6,7 +6,7 @@ For each size: upload x (.npy), submit a gram job (depth-3 ReLU NTK, float32), p
 succeeds, stream the result to disk, and compare with the same Gram computed in this process
 by ``core.kernels.gram`` (ratio goal ≤ 1.5 at n = 20 000). The small size is also divided by
 one ``x @ x.T`` (goal ≤ 3). Prints the API process's peak RSS (VmHWM; goal ≤ 1 GB: the result
-never sits whole in its memory). The engine is started (readyz) before timing.
+never sits whole in its memory). The engine is started (one tiny job) before timing.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def main() -> None:
                 except httpx.HTTPError:
                     time.sleep(0.5)
             rng = np.random.default_rng(0)
+            end_to_end(base, rng.normal(size=(64, args.d)).astype(np.float32), Path(tmp) / "warm.npy")  # engine up
             for n in (args.small, args.n):
                 x = rng.normal(size=(n, args.d)).astype(np.float32)
                 out = Path(tmp) / f"result-{n}.npy"

@@ -75,11 +75,12 @@ def invalid(loc: list[str | int], msg: str) -> ProblemError:
                         errors=[{"loc": loc, "msg": msg}])
 
 
-def too_large(limit: str, detail: str) -> ProblemError:
-    """A 413 naming the ``limit`` setting that was exceeded; points to asynchronous jobs."""
+def too_large(limit: str, detail: str, advice: str = "Submit large work as an asynchronous job: POST /v1/jobs."
+              ) -> ProblemError:
+    """A 413 naming the ``limit`` setting that was exceeded; by default it points to asynchronous jobs."""
     return ProblemError(
         413,
-        f"{detail} (limit NTK_{limit.upper()}). Submit large work as an asynchronous job: POST /v1/jobs.",
+        f"{detail} (limit NTK_{limit.upper()}). {advice}",
         slug="limit-exceeded",
         title="Request exceeds a size limit",
         errors=[{"loc": ["limits", limit], "msg": detail}],

@@ -91,7 +91,7 @@ def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec,
     for name, block in blocks.items():
         if not np.isfinite(block).all():
             raise _fail(f"the {name} matrix overflows {dtype} in rows {r0}:{r1}, columns {c0}:{c1}")
-    if (folder / CANCEL_FLAG).exists():
+    if (folder / CANCEL_FLAG).exists() or not (folder / "done").is_dir():  # cancelled, or deleted meanwhile
         return -1
     for name, block in blocks.items():
         array = zarr.open_array(folder / "result.zarr" / name, mode="r+")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,18 +12,16 @@ from fastapi import Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
-from core.tiling import choose_tile, tile_count, tile_working_bytes
 from service.auth import Owner
-from service.checks import check_layers, check_trajectory_options, resolve_which
 from service.compute import run_compute
 from service.jobs.ledger import ACTIVE, Job, new_job_id
+from service.jobs.planning import create_result_arrays, plan_gram, plan_learning, row_chunk
 from service.jobs.runner import JobRunner
-from service.matrices import resolve_outputs
 from service.negotiation import negotiate
 from service.npy import NPY_MEDIA_TYPE
 from service.openapi_doc import problem
 from service.pagination import page
-from service.problems import ProblemError, invalid, too_large
+from service.problems import ProblemError, invalid
 from service.responses import ORJSONResponse
 from service.routers.models import model_document
 from service.routers.resources import (
@@ -40,17 +35,12 @@ from service.routers.resources import (
 )
 from service.routers.v1 import v1_router
 from service.schemas.jobs import (
-    FitJob,
     GramJob,
     JobCreate,
     JobList,
     JobOut,
     JobStatus,
-    TrajectoryJob,
 )
-from service.storage.datasets import Dataset
-from service.storage.models import new_model_id
-from service.storage.state import Storage
 
 router = v1_router("jobs")
 NOT_FOUND = not_found_response("job")
@@ -82,49 +72,6 @@ def _get(request: Request, owner: str, job_id: str) -> Job:
     return job
 
 
-def _dataset(request: Request, owner: str, field: str, dataset_id: str | None, ndim: tuple[int, ...] = (2,)
-             ) -> Dataset | None:
-    if dataset_id is None:
-        return None
-    dataset = storage(request).datasets.get(owner, dataset_id)
-    if dataset is None:
-        raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
-    if len(dataset.shape) not in ndim:
-        raise invalid(["body", field], f"{field} must be a {' or '.join(f'{n}-d' for n in ndim)} array, "
-                      f"dataset {dataset_id} has shape {list(dataset.shape)}")
-    return dataset
-
-
-def _shaped(dataset: Dataset | None) -> np.ndarray | None:
-    """A zero-memory stand-in with the dataset's shape (for the shared shape checks)."""
-    return None if dataset is None else np.broadcast_to(np.zeros(()), dataset.shape)
-
-
-def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Storage) -> dict[str, str | None]:
-    """Hard-link (or copy) the inputs into the job folder: deleting a dataset cannot break the job."""
-    inputs = folder / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str | None] = {}
-    for name, dataset in datasets.items():
-        if dataset is None:
-            paths[name] = None
-            continue
-        target = inputs / f"{name}.npy"
-        try:
-            os.link(storage.datasets.path(dataset.id), target)
-        except OSError:
-            shutil.copyfile(storage.datasets.path(dataset.id), target)
-        paths[name] = str(target)
-    return paths
-
-
-def _check_disk(settings: Any, needed: int) -> None:
-    free = shutil.disk_usage(settings.data_dir).free
-    if needed > 0.9 * free:
-        raise ProblemError(413, f"The result needs about {needed} bytes but the store has {free} free; free space "
-                           "or compute fewer outputs / float32.", slug="store-full", title="Result too large")
-
-
 async def _require_gpu(request: Request) -> None:
     if not await request.app.state.engine.has_gpu_worker():
         raise ProblemError(503, "This job asks for a GPU but no worker with the Dask resource GPU=1 is connected; "
@@ -132,81 +79,12 @@ async def _require_gpu(request: Request) -> None:
                            title="No GPU worker", headers={"Retry-After": "60"})
 
 
-def _plan_gram(request: Request, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
-    settings = request.app.state.settings
-    spec = body.kernel.to_core()
-    check_layers(settings, spec)
-    outputs = resolve_outputs(spec, body.outputs)
-    x1 = _dataset(request, owner, "x1", body.x1)
-    x2 = _dataset(request, owner, "x2", body.x2)
-    assert x1 is not None
-    if x2 is not None and x2.shape[1] != x1.shape[1]:
-        raise invalid(["body", "x2"], f"x2 has {x2.shape[1]} features but x1 has {x1.shape[1]}")
-    n1, d = x1.shape
-    n2 = None if x2 is None else x2.shape[0]
-    itemsize = np.dtype(body.dtype).itemsize
-    _check_disk(settings, n1 * (n2 or n1) * len(outputs) * itemsize)
-    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes)
-    if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
-        raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} bytes")
-    paths = _link_inputs(folder, {"x1": x1, "x2": x2}, storage(request))
-    return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
-            "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
-
-
-def _row_chunk(tile: int) -> int:
-    """Rows per zarr chunk: tiles cover whole chunks (so concurrent tiles write disjoint chunks),
-    and downloads read thin row slabs without decoding whole tiles."""
-    return 256 if tile % 256 == 0 else tile
-
-
-def _create_result_arrays(folder: Path, plan: dict[str, Any]) -> None:
-    import zarr
-
-    (folder / "done").mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(folder / "result.zarr", mode="w")
-    shape = (plan["n1"], plan["n2"] or plan["n1"])
-    for name in plan["outputs"]:
-        group.create_array(name, shape=shape, chunks=(_row_chunk(plan["tile"]), plan["tile"]), dtype=plan["dtype"],
-                           compressors=None, fill_value=0.0)
-
-
-def _plan_learning(request: Request, owner: str, body: FitJob | TrajectoryJob, folder: Path) -> dict[str, Any]:
-    settings = request.app.state.settings
-    spec = body.kernel.to_core()
-    check_layers(settings, spec)
-    which = resolve_which(spec, body.which)
-    datasets = {"x_train": _dataset(request, owner, "x_train", body.x_train),
-                "y_train": _dataset(request, owner, "y_train", body.y_train, (1, 2))}
-    x, y = datasets["x_train"], datasets["y_train"]
-    assert x is not None and y is not None
-    if y.shape[0] != x.shape[0]:
-        raise invalid(["body", "y_train"], f"y_train has {y.shape[0]} rows but x_train has {x.shape[0]}")
-    if x.shape[0] > settings.max_job_train_size:
-        raise too_large("max_job_train_size", f"{x.shape[0]} training points is over {settings.max_job_train_size}")
-    plan: dict[str, Any] = {"which": which, "ridge": body.ridge, "ridge_mode": body.ridge_mode, "device": body.device}
-    if isinstance(body, TrajectoryJob):
-        datasets["x_test"] = _dataset(request, owner, "x_test", body.x_test)
-        datasets["y_test"] = _dataset(request, owner, "y_test", body.y_test, (1, 2))
-        shapes = SimpleNamespace(**body.model_dump(include={"times", "method"}),
-                                 x_test=_shaped(datasets["x_test"]), y_test=_shaped(datasets["y_test"]))
-        check_trajectory_options(settings, shapes, _shaped(x), 1 if len(y.shape) == 1 else y.shape[1])
-        plan["options"] = body.model_dump(include={"times", "learning_rate", "method", "loss_normalization",
-                                                   "ridge", "ridge_mode"})
-    else:
-        plan["model_id"] = new_model_id()
-        plan["model_meta"] = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
-                              "ridge": body.ridge, "ridge_mode": body.ridge_mode}
-    plan["paths"] = _link_inputs(folder, datasets, storage(request))
-    return plan
-
-
 @router.post("/jobs", operation_id="createJob", status_code=202, response_model=JobOut,
              responses={503: problem("A GPU was requested but no GPU worker is connected (see Retry-After).")})
 async def create_job(body: JobCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
                      ) -> Response:
     """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
-    store = storage(request)
+    store, settings = storage(request), request.app.state.settings
     fingerprint, existing = await earlier_creation(request, owner, "jobs", idempotency_key, store.jobs.get)
     if existing is not None:
         return _accepted(existing)
@@ -214,10 +92,10 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
     folder = runner(request).folder(job_id)
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
         if isinstance(body, GramJob):
-            plan = _plan_gram(request, owner, body, folder)
-            await run_compute(request, _create_result_arrays, folder, plan)
+            plan = plan_gram(settings, store, owner, body, folder)
+            await run_compute(request, create_result_arrays, folder, plan)
         else:
-            plan = _plan_learning(request, owner, body, folder)
+            plan = plan_learning(settings, store, owner, body, folder)
         if body.device == "gpu":  # after validation: a bad request is a 422 even without GPU workers
             await _require_gpu(request)
         job = store.jobs.create(job_id, owner, body.type, body.model_dump(mode="json", exclude_none=True), plan)
@@ -342,6 +220,6 @@ async def get_job_result(
         raise invalid(["query", "output"], f"this job computed {', '.join(job.plan['outputs'])}, not {name!r}")
     array = zarr.open_array(folder / "result.zarr" / name, mode="r")
     start, stop = _rows(rows, array.shape[0])
-    chunk = _row_chunk(job.plan["tile"])
-    block_rows = chunk * max(1, (8 << 20) // (chunk * array.shape[1] * array.dtype.itemsize))  # ≥ 8 MiB reads
+    chunk = row_chunk(job.plan["tile"])
+    block_rows = chunk * max(1, (32 << 20) // (chunk * array.shape[1] * array.dtype.itemsize))  # ~32 MiB reads
     return StreamingResponse(_npy_stream(array, start, stop, block_rows), media_type=NPY_MEDIA_TYPE)

@@ -1,0 +1,138 @@
+"""Planning a job before it is accepted: its inputs are checked against the caller's datasets,
+linked into the job folder, sized (tiles, result bytes against free disk) and written down as a
+plan — everything the runner needs, also after a restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from core.tiling import choose_tile, tile_count, tile_working_bytes
+from service.checks import check_layers, check_trajectory_options, resolve_which
+from service.matrices import resolve_outputs
+from service.problems import ProblemError, invalid, too_large
+from service.schemas.jobs import FitJob, GramJob, TrajectoryJob
+from service.settings import Settings
+from service.storage.datasets import Dataset
+from service.storage.models import new_model_id
+from service.storage.state import Storage
+
+
+def _dataset(store: Storage, owner: str, field: str, dataset_id: str | None, ndim: tuple[int, ...] = (2,)
+             ) -> Dataset | None:
+    if dataset_id is None:
+        return None
+    dataset = store.datasets.get(owner, dataset_id)
+    if dataset is None:
+        raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
+    if len(dataset.shape) not in ndim:
+        raise invalid(["body", field], f"{field} must be a {' or '.join(f'{n}-d' for n in ndim)} array, "
+                      f"dataset {dataset_id} has shape {list(dataset.shape)}")
+    return dataset
+
+
+def _shaped(dataset: Dataset | None) -> np.ndarray | None:
+    """A zero-memory stand-in with the dataset's shape (for the shared shape checks)."""
+    return None if dataset is None else np.broadcast_to(np.zeros(()), dataset.shape)
+
+
+def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Storage) -> dict[str, str | None]:
+    """Hard-link (or copy) the inputs into the job folder: deleting a dataset cannot break the job."""
+    inputs = folder / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str | None] = {}
+    for name, dataset in datasets.items():
+        if dataset is None:
+            paths[name] = None
+            continue
+        target = inputs / f"{name}.npy"
+        try:
+            os.link(storage.datasets.path(dataset.id), target)
+        except OSError:
+            shutil.copyfile(storage.datasets.path(dataset.id), target)
+        paths[name] = str(target)
+    return paths
+
+
+def _check_disk(settings: Settings, needed: int) -> None:
+    free = shutil.disk_usage(settings.data_dir).free
+    if needed > 0.9 * free:
+        raise ProblemError(413, f"The result needs about {needed} bytes but the store has {free} free; free space "
+                           "or compute fewer outputs / float32.", slug="store-full", title="Result too large")
+
+
+def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
+    """Validate a gram job against its datasets and lay out its folder; returns the plan."""
+    spec = body.kernel.to_core()
+    check_layers(settings, spec)
+    outputs = resolve_outputs(spec, body.outputs)
+    x1 = _dataset(store, owner, "x1", body.x1)
+    x2 = _dataset(store, owner, "x2", body.x2)
+    assert x1 is not None
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise invalid(["body", "x2"], f"x2 has {x2.shape[1]} features but x1 has {x1.shape[1]}")
+    n1, d = x1.shape
+    n2 = None if x2 is None else x2.shape[0]
+    itemsize = np.dtype(body.dtype).itemsize
+    _check_disk(settings, n1 * (n2 or n1) * len(outputs) * itemsize)
+    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes)
+    if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
+        raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} "
+                        "bytes", "Raise the limit or reduce the number of features.")
+    paths = _link_inputs(folder, {"x1": x1, "x2": x2}, store)
+    return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
+            "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
+
+
+def row_chunk(tile: int) -> int:
+    """Rows per zarr chunk: tiles cover whole chunks (so concurrent tiles write disjoint chunks),
+    and downloads read thin row slabs without decoding whole tiles."""
+    return 256 if tile % 256 == 0 else tile
+
+
+def create_result_arrays(folder: Path, plan: dict[str, Any]) -> None:
+    import zarr
+
+    (folder / "done").mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(folder / "result.zarr", mode="w")
+    shape = (plan["n1"], plan["n2"] or plan["n1"])
+    for name in plan["outputs"]:
+        group.create_array(name, shape=shape, chunks=(row_chunk(plan["tile"]), plan["tile"]), dtype=plan["dtype"],
+                           compressors=None, fill_value=0.0)
+
+
+def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob | TrajectoryJob, folder: Path
+                  ) -> dict[str, Any]:
+    """Validate a fit or trajectory job against its datasets and link its inputs; returns the plan."""
+    spec = body.kernel.to_core()
+    check_layers(settings, spec)
+    which = resolve_which(spec, body.which)
+    datasets = {"x_train": _dataset(store, owner, "x_train", body.x_train),
+                "y_train": _dataset(store, owner, "y_train", body.y_train, (1, 2))}
+    x, y = datasets["x_train"], datasets["y_train"]
+    assert x is not None and y is not None
+    if y.shape[0] != x.shape[0]:
+        raise invalid(["body", "y_train"], f"y_train has {y.shape[0]} rows but x_train has {x.shape[0]}")
+    if x.shape[0] > settings.max_job_train_size:
+        raise too_large("max_job_train_size", f"{x.shape[0]} training points is over {settings.max_job_train_size}",
+                        "Subsample the training set or raise the limit (the fit needs O(n²) memory).")
+    plan: dict[str, Any] = {"which": which, "ridge": body.ridge, "ridge_mode": body.ridge_mode, "device": body.device}
+    if isinstance(body, TrajectoryJob):
+        datasets["x_test"] = _dataset(store, owner, "x_test", body.x_test)
+        datasets["y_test"] = _dataset(store, owner, "y_test", body.y_test, (1, 2))
+        shapes = SimpleNamespace(**body.model_dump(include={"times", "method"}),
+                                 x_test=_shaped(datasets["x_test"]), y_test=_shaped(datasets["y_test"]))
+        check_trajectory_options(settings, shapes, _shaped(x), 1 if len(y.shape) == 1 else y.shape[1])
+        plan["options"] = body.model_dump(include={"times", "learning_rate", "method", "loss_normalization",
+                                                   "ridge", "ridge_mode"})
+    else:
+        plan["model_id"] = new_model_id()
+        plan["model_meta"] = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
+                              "ridge": body.ridge, "ridge_mode": body.ridge_mode}
+    plan["paths"] = _link_inputs(folder, datasets, store)
+    return plan
