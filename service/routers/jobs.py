@@ -91,11 +91,11 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
     job_id = new_job_id()
     folder = runner(request).folder(job_id)
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
-        if isinstance(body, GramJob):
-            plan = plan_gram(settings, store, owner, body, folder)
+        if isinstance(body, GramJob):  # file work (links, result arrays) off the event loop
+            plan = await run_compute(request, plan_gram, settings, store, owner, body, folder)
             await run_compute(request, create_result_arrays, folder, plan)
         else:
-            plan = plan_learning(settings, store, owner, body, folder)
+            plan = await run_compute(request, plan_learning, settings, store, owner, body, folder)
         if body.device == "gpu":  # after validation: a bad request is a 422 even without GPU workers
             await _require_gpu(request)
         job = store.jobs.create(job_id, owner, body.type, body.model_dump(mode="json", exclude_none=True), plan)
