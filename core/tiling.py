@@ -42,13 +42,17 @@ def tile_working_bytes(tile: int, d: int, n_outputs: int, itemsize: int) -> int:
 
 
 def choose_tile(n: int, d: int, n_outputs: int, itemsize: int, budget_bytes: int, *, largest: int = 4096,
-                smallest: int = 64) -> int:
-    """The largest power-of-two tile (between ``smallest`` and ``largest``) within ``budget_bytes``.
+                smallest: int = 64, row_blocks: int = 1) -> int:
+    """The largest power-of-two tile (between ``smallest`` and ``largest``) within ``budget_bytes``
+    that still splits the ``n`` rows into at least ``row_blocks`` blocks (so that several workers
+    share the work).
 
     Bigger tiles amortise per-task overhead; the budget keeps a worker's memory bounded. A
     matrix smaller than one tile gets one tile of exactly ``n``.
     """
     tile = largest
+    while tile > smallest and math.ceil(n / tile) < row_blocks:
+        tile //= 2
     while tile > smallest and tile_working_bytes(tile, d, n_outputs, itemsize) > budget_bytes:
         tile //= 2
     return n if n <= tile else tile

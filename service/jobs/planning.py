@@ -80,7 +80,8 @@ def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, fol
     n2 = None if x2 is None else x2.shape[0]
     itemsize = np.dtype(body.dtype).itemsize
     _check_disk(settings, n1 * (n2 or n1) * len(outputs) * itemsize)
-    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes)
+    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes,
+                                            row_blocks=2)  # ≥ 3 tiles: two workers share even a small job
     if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
         raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} "
                         "bytes", "Raise the limit or reduce the number of features.")

@@ -29,3 +29,4 @@ def test_choose_tile_respects_the_budget() -> None:
     assert tile_working_bytes(tile, 784, 2, 4) <= 256 * 2**20 < tile_working_bytes(2 * tile, 784, 2, 4)
     assert choose_tile(300, 10, 1, 8, 2**30) == 300
     assert choose_tile(10**6, 10**5, 4, 8, 1) == 64  # never below the smallest tile
+    assert choose_tile(4000, 784, 1, 4, 2**30, row_blocks=2) == 2048  # two row blocks: three tiles
