@@ -43,6 +43,7 @@ class JobRunner:
         self.root = storage.data_dir / "jobs"
         self.spec_of = spec_of
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[str, list[Any]] = {}  # the Dask futures of each job being followed
 
     @property
     def ledger(self) -> JobLedger:
@@ -84,9 +85,15 @@ class JobRunner:
             self.ledger.finish(job.id, "failed", error=_problem(f"{type(exc).__name__}: {exc}"))
 
     async def _follow(self, client: Any, futures: list[Any], done: int, total: int, job: Job) -> list[Any]:
-        """Await ``futures`` as they complete, reporting progress; cancel the rest on failure."""
+        """Await ``futures`` as they complete, reporting progress.
+
+        On failure the job is flagged and its tiles drained (see :meth:`_drain`); on cancellation
+        the futures stay in ``_inflight`` for :meth:`cancel` to drain (at shutdown they go with
+        the engine, and the job resumes at the next start).
+        """
         from distributed import as_completed
 
+        self._inflight[job.id] = futures
         results = []
         try:
             async for future in as_completed(futures):
@@ -95,9 +102,29 @@ class JobRunner:
                 if value != -1:
                     done += 1
                     self.ledger.progress(job.id, done / total)
-        finally:
-            await client.cancel([f for f in futures if not f.done()])
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            (self.folder(job.id) / CANCEL_FLAG).touch()
+            await self._drain(client, job)
+            raise
+        self._inflight.pop(job.id, None)
         return results
+
+    async def _drain(self, client: Any, job: Job) -> None:
+        """Release a stopped job's tasks once those already running have returned.
+
+        Dask cannot interrupt a running task; a gram tile that sees the cancel flag returns at once,
+        so this waits about one tile, after which nothing writes into the job folder any more
+        (deleting it is then safe). Fit and trajectory tasks are released without waiting.
+        """
+        from distributed import wait
+
+        futures = self._inflight.pop(job.id, [])
+        if job.type == "gram":
+            with contextlib.suppress(Exception):
+                await wait(futures, timeout=120)
+        await client.cancel(futures)
 
     def _resources(self, job: Job) -> dict[str, float] | None:
         return {"GPU": 1} if job.plan.get("device") == "gpu" else None
@@ -137,7 +164,8 @@ class JobRunner:
         return {"path": "result.json"}
 
     async def cancel(self, job: Job) -> bool:
-        """Stop a job: flag it (tiles check before writing), mark it cancelled, stop following it."""
+        """Stop a job: flag it (tiles check before writing), mark it cancelled, stop following it, and
+        return once its running tiles have (about one tile's time)."""
         folder = self.folder(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CANCEL_FLAG).touch()
@@ -147,6 +175,8 @@ class JobRunner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.engine.started:
+            await self._drain(await self.engine.client(), job)
         return changed
 
     async def shutdown(self) -> None:
