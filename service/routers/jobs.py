@@ -152,7 +152,7 @@ async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
     if job.type == "fit" and job.result:
         model = store.models.get(owner, job.result["model_id"])
         if model is not None:
-            store.models.delete(model)
+            await run_compute(request, store.models.delete, model)
     await run_compute(request, shutil.rmtree, jobs.folder(job.id), True)
     return Response(status_code=204)
 

@@ -118,7 +118,7 @@ async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
 async def delete_model(model_id: str, request: Request, owner: Owner) -> Response:
     """Remove the model and its stored arrays."""
     model = await run_compute(request, _get, request, owner, model_id)
-    storage(request).models.delete(model)
+    await run_compute(request, storage(request).models.delete, model)  # removes n×n arrays: off the loop
     return Response(status_code=204)
 
 

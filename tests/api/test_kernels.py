@@ -137,7 +137,7 @@ async def test_empirical_two_layer_relu_is_exact_and_seeded(client: httpx.AsyncC
     np.testing.assert_allclose(np.add(r["ntk_a"], r["ntk_b"]), r["ntk"], rtol=1e-10)
 
 
-async def test_empirical_limits_and_readout(client: httpx.AsyncClient, settings) -> None:
+async def test_empirical_limits_and_readout(client: httpx.AsyncClient) -> None:
     no_readout = {"type": "network", "layers": [{"type": "dense"}, {"type": "relu"}]}
     response = await empirical(client, kernel=no_readout, width=8, x1=[[1.0]])
     assert "dense readout" in assert_problem(response, 422)["detail"]
