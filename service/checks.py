@@ -6,16 +6,44 @@ from typing import Any
 
 import numpy as np
 
-from core.kernels.spec import KernelSpec, Network, default_output, output_names
+from core.kernels.engine import pair_work
+from core.kernels.gram import input_ranks
+from core.kernels.shapes import trace
+from core.kernels.spec import Branches, KernelSpec, Layer, Network, default_output, output_names
 from service.problems import invalid, too_large
 from service.settings import Settings
 
 
 def check_features(x1: np.ndarray, x2: np.ndarray | None, names: tuple[str, str] = ("x1", "x2")) -> None:
-    """``x2`` must have as many features (columns) as ``x1``."""
-    if x2 is not None and x2.shape[1] != x1.shape[1]:
-        raise invalid(["body", names[1]],
-                      f"{names[1]} has {x2.shape[1]} features but {names[0]} has {x1.shape[1]}")
+    """``x2``'s examples must have the shape of ``x1``'s (features, or positions and channels)."""
+    if x2 is None:
+        return
+    if x2.ndim != x1.ndim:
+        raise invalid(["body", names[1]], f"{names[1]} has rank {x2.ndim} but {names[0]} has rank {x1.ndim}")
+    if x2.shape[1:] != x1.shape[1:]:
+        what = "features" if x1.ndim == 2 else "rows of shape"
+        first, second = (x1.shape[1], x2.shape[1]) if x1.ndim == 2 else (list(x1.shape[1:]), list(x2.shape[1:]))
+        raise invalid(["body", names[1]], f"{names[1]} has {second} {what} but {names[0]} has {first}")
+
+
+def check_inputs(settings: Settings, spec: KernelSpec, x: np.ndarray, name: str, n_other: int | None = None) -> None:
+    """``x`` fits ``spec``: a rank the kernel takes, a network that fits its rows (422 naming the
+    layer), and a work estimate within ``max_kernel_work`` for ``len(x) × n_other`` pairs (413)."""
+    ranks = input_ranks(spec)
+    if x.ndim not in ranks:
+        raise invalid(["body", name], f"{name} has rank {x.ndim}, but this kernel takes n × d inputs only "
+                      "(n × L × C and n × H × W × C inputs are for network kernels)")
+    if not isinstance(spec, Network):
+        return
+    try:
+        trace(spec, x.shape[1:])
+    except ValueError as exc:
+        raise invalid(["body", "kernel"], str(exc)) from None
+    pairs = x.shape[0] * (x.shape[0] if n_other is None else n_other)
+    work = pairs * pair_work(spec, x.shape[1:])
+    if work > settings.max_kernel_work:
+        raise too_large("max_kernel_work", f"this network on {pairs} example pairs is about {work:.3g} "
+                        f"multiply-adds, over {settings.max_kernel_work:.3g}")
 
 
 def check_result_size(settings: Settings, n1: int, n2: int, count: int) -> None:
@@ -28,8 +56,16 @@ def check_result_size(settings: Settings, n1: int, n2: int, count: int) -> None:
 
 def check_layers(settings: Settings, spec: KernelSpec) -> None:
     """Refuse (413) a network with more than ``max_layers`` layers."""
-    if isinstance(spec, Network) and len(spec.layers) > settings.max_layers:
-        raise too_large("max_layers", f"the network has {len(spec.layers)} layers, over {settings.max_layers}")
+    if isinstance(spec, Network):
+        count = count_layers(spec.layers)
+        if count > settings.max_layers:
+            raise too_large("max_layers", f"the network has {count} layers, over {settings.max_layers}")
+
+
+def count_layers(layers: tuple[Layer, ...]) -> int:
+    """Layers, counting those inside branches."""
+    return sum(1 + sum(count_layers(b) for b in layer.branches) if isinstance(layer, Branches) else 1
+               for layer in layers)
 
 
 def resolve_which(spec: KernelSpec, which: str | None) -> str:
@@ -51,6 +87,7 @@ def check_targets(y: np.ndarray, x: np.ndarray, names: tuple[str, str]) -> None:
 def check_training_set(settings: Settings, spec: KernelSpec, x: np.ndarray, y: np.ndarray) -> None:
     """Targets match inputs; the set fits the synchronous limits."""
     check_layers(settings, spec)
+    check_inputs(settings, spec, x, "x_train")
     check_targets(y, x, ("y_train", "x_train"))
     if x.shape[0] > settings.max_train_size:
         raise too_large("max_train_size", f"{x.shape[0]} training points is over {settings.max_train_size}")

@@ -30,7 +30,11 @@ class Settings(BaseSettings):
         20_000_000, ge=1, description="Largest number of matrix entries a synchronous response may carry."
     )
     max_train_size: int = Field(8_000, ge=1, description="Largest training set for a synchronous fit.")
-    max_layers: int = Field(64, ge=1, description="Most layers in one network specification.")
+    max_layers: int = Field(64, ge=1, description="Most layers in one network specification (branches included).")
+    max_kernel_work: float = Field(
+        2e11, gt=0,
+        description="Most multiply-adds (estimated: positions² per layer and example pair, × filter size for conv) "
+        "of one synchronous network-kernel request; convolutional Grams beyond it run as jobs.")
     max_empirical_width: int = Field(2**18, ge=1, description="Widest finite network for empirical kernels.")
     max_empirical_work: int = Field(
         400_000_000,

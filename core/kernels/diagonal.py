@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from core.kernels.engine import network_diagonal
+from core.kernels.gram import as_inputs, input_ranks
 from core.kernels.network import diagonal_step
+from core.kernels.shapes import is_chain
 from core.kernels.spec import KernelSpec, Linear, Network, Polynomial, TwoLayerRelu, resolve_outputs, validate_spec
 from core.kernels.state import row_sq_norms
 from core.kernels.two_layer import TWO_LAYER_NETWORK
@@ -33,11 +36,12 @@ def gram_diagonal(
     """``{name: (n,) array}``: ``k(x_i, x_i)`` for each row of ``x`` (n × d) and each output."""
     validate_spec(spec)
     wanted = resolve_outputs(spec, outputs)
-    a = np.asarray(x, dtype=dtype)
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"x must be a non-empty 2-D array, got shape {a.shape}")
+    a = as_inputs(x, "x", np.dtype(dtype), input_ranks(spec))
     with np.errstate(all="ignore"):  # overflow shows as inf, for the caller to report
-        if isinstance(spec, Network):
+        if isinstance(spec, Network) and (a.ndim > 2 or not is_chain(spec)):
+            nngp, ntk = network_diagonal(spec, a, "ntk" in wanted)
+            parts = {"nngp": nngp, "ntk": ntk}
+        elif isinstance(spec, Network):
             nngp, ntk = _network_diagonal(spec, a, a.shape[1])
             parts = {"nngp": nngp, "ntk": ntk}
         elif isinstance(spec, TwoLayerRelu):

@@ -33,6 +33,7 @@ from core.backend import array_namespace
 from core.kernels.activations import ACTIVATIONS, relu_constants
 from core.kernels.classic import classic_block
 from core.kernels.dense import dense_constants, require_fan_in
+from core.kernels.engine import network_gram
 from core.kernels.fused import (
     OP_ABRELU,
     OP_DENSE_NTK,
@@ -56,6 +57,7 @@ from core.kernels.spec import (
     resolve_outputs,
     validate_spec,
 )
+from core.kernels.shapes import is_chain, trace
 from core.kernels.state import KernelState, row_sq_norms
 from core.kernels.two_layer import TWO_LAYER_NETWORK
 
@@ -90,12 +92,21 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _as_matrix(x: Any, name: str, dtype: np.dtype) -> Array:
+def input_ranks(spec: KernelSpec) -> tuple[int, ...]:
+    """The array ranks ``spec`` accepts: 2 (``n × d``), and 3, 4 (``n × L × C``, ``n × H × W × C``)
+    for network kernels."""
+    return (2, 3, 4) if isinstance(spec, Network) else (2,)
+
+
+def as_inputs(x: Any, name: str, dtype: np.dtype, ranks: tuple[int, ...] = (2,)) -> Array:
+    """``x`` as a contiguous array of ``dtype`` with one of ``ranks``, non-empty and finite."""
     xp = array_namespace(x)
     a = xp.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n × d), got shape {tuple(a.shape)}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
+    if a.ndim not in ranks:
+        forms = {2: "n × d", 3: "n × L × C", 4: "n × H × W × C"}
+        allowed = " or ".join(forms[r] for r in ranks)
+        raise ValueError(f"{name} must be {allowed} for this kernel, got shape {tuple(a.shape)}")
+    if 0 in a.shape:
         raise ValueError(f"{name} must have at least one row and one feature, got shape {tuple(a.shape)}")
     if a.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
@@ -112,12 +123,16 @@ def _prepare(spec, x1, x2, outputs, dtype, engine):
     wanted = resolve_outputs(spec, outputs)
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
-    a = _as_matrix(x1, "x1", dt)
+    ranks = input_ranks(spec)
+    a = as_inputs(x1, "x1", dt, ranks)
     b = None
     if x2 is not None and x2 is not x1:
-        b = _as_matrix(x2, "x2", dt)
-        if b.shape[1] != a.shape[1]:
-            raise ValueError(f"feature mismatch: x1 has {a.shape[1]} columns, x2 has {b.shape[1]}")
+        b = as_inputs(x2, "x2", dt, ranks)
+        if b.shape[1:] != a.shape[1:]:
+            raise ValueError(f"feature mismatch: x1 rows have shape {list(a.shape[1:])}, x2 rows "
+                             f"{list(b.shape[1:])}")
+    if isinstance(spec, Network):
+        trace(spec, a.shape[1:])
     return a, b, wanted, dt
 
 
@@ -263,6 +278,11 @@ def _recursion(layers, parameterization, x1, x2, want_ntk, input_scale, tile, en
 
 # ------------------------------------------------------------------------------------ kernels
 def _compute(spec, x1, x2, wanted, tile, engine) -> dict[str, Array]:
+    if isinstance(spec, Network) and (x1.ndim > 2 or not is_chain(spec)):
+        if array_namespace(x1) is not np:
+            raise ValueError("networks beyond fully connected chains run on NumPy (CPU) workers only")
+        nngp, ntk = network_gram(spec, x1, x2, "ntk" in wanted)
+        return {name: (nngp if name == "nngp" else ntk) for name in wanted}
     if isinstance(spec, Network):
         want_ntk = "ntk" in wanted
         nngp, ntk = _recursion(
@@ -294,7 +314,8 @@ def gram(
     tile: int = DEFAULT_TILE,
     engine: str = "auto",
 ) -> dict[str, np.ndarray]:
-    """Gram matrices of ``spec`` for ``x1`` (n1 × d) against ``x2`` (n2 × d; ``None``: ``x1``).
+    """Gram matrices of ``spec`` for ``x1`` against ``x2`` (``None``: ``x1``): ``n × d`` arrays, or for
+    network kernels also ``n × L × C`` / ``n × H × W × C`` (the general engine, ``engine.py``).
 
     ``outputs``: names from ``output_names(spec)`` (default: all). Returns
     ``{name: n1 × n2 array of dtype}``. Raises ``ValueError`` for an invalid spec, unknown

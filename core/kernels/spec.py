@@ -49,7 +49,82 @@ class Activation:
     negative_slope: float = 0.01
 
 
-Layer: TypeAlias = Dense | Activation
+Padding: TypeAlias = Literal["VALID", "SAME", "CIRCULAR"]
+PADDINGS: tuple[str, ...] = ("VALID", "SAME", "CIRCULAR")
+
+
+@dataclass(frozen=True, slots=True)
+class Conv:
+    """Convolution over the spatial axes (stax ``Conv``, NHWC, weights shared across positions).
+
+    ``filter_shape`` has one entry per spatial axis; ``strides`` (default 1) likewise;
+    ``width``: output channels. Fan-in = input channels × filter size.
+    """
+
+    filter_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: Padding = "VALID"
+    w_std: float = 1.0
+    b_std: float | None = None
+    width: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AvgPool:
+    """Average pooling over windows (stax ``AvgPool``, ``normalize_edges=False``: padded zeros
+    count). ``strides`` default to ``window_shape``."""
+
+    window_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: Padding = "VALID"
+
+
+@dataclass(frozen=True, slots=True)
+class SumPool:
+    """Sum pooling over windows (stax ``SumPool``). ``strides`` default to ``window_shape``."""
+
+    window_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: Padding = "VALID"
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAvgPool:
+    """Mean over all spatial positions (stax ``GlobalAvgPool``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalSumPool:
+    """Sum over all spatial positions (stax ``GlobalSumPool``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """Spatial positions and channels into one feature axis (stax ``Flatten``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerNorm:
+    """Normalisation over the channel axis (stax ``LayerNorm(axis=-1)``), ``eps`` added to the
+    variance. Needs Gaussian inputs (after a dense/conv layer, not after a nonlinearity)."""
+
+    eps: float = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class Branches:
+    """FanOut into ``branches`` (an empty branch is the identity), then ``FanInSum`` or
+    ``FanInProd`` (``merge``). A residual block is ``Branches(((...), ()), "sum")``."""
+
+    branches: tuple[tuple[Layer, ...], ...]
+    merge: Literal["sum", "product"] = "sum"
+
+
+Layer: TypeAlias = (
+    Dense | Activation | Conv | AvgPool | SumPool | GlobalAvgPool | GlobalSumPool | Flatten | LayerNorm | Branches
+)
+#: Layers whose kernel rule involves no spatial structure (the fully connected fused engine).
+CHAIN_LAYERS = (Dense, Activation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,33 +217,12 @@ def _positive_int(value: object) -> bool:
 def validate_spec(spec: KernelSpec) -> None:
     """Raise ``ValueError`` (with the offending field) if ``spec`` breaks the contract's ranges."""
     if isinstance(spec, Network):
+        from core.kernels.registry import validate_layer  # the registry imports this module
+
         if spec.parameterization not in ("ntk", "standard"):
             raise ValueError(f"parameterization must be 'ntk' or 'standard', got {spec.parameterization!r}")
-        dense_positions = [i for i, layer in enumerate(spec.layers) if isinstance(layer, Dense)]
         for i, layer in enumerate(spec.layers):
-            if isinstance(layer, Dense):
-                if not _finite(layer.w_std) or layer.w_std <= 0:
-                    raise ValueError(f"layers[{i}].w_std must be finite and > 0, got {layer.w_std!r}")
-                if layer.b_std is not None and (not _finite(layer.b_std) or layer.b_std < 0):
-                    raise ValueError(f"layers[{i}].b_std must be null or finite and >= 0, got {layer.b_std!r}")
-                if layer.width is not None and not _positive_int(layer.width):
-                    raise ValueError(f"layers[{i}].width must be null or an integer >= 1, got {layer.width!r}")
-                if (
-                    spec.parameterization == "standard"
-                    and layer.width is None
-                    and i != dense_positions[-1]
-                ):
-                    raise ValueError(
-                        f"layers[{i}].width is required under standard parameterization "
-                        "(it is the fan-in of the next dense layer)"
-                    )
-            elif isinstance(layer, Activation):
-                if layer.name not in CLOSED_FORM_ACTIVATIONS + NUMERICAL_ACTIVATIONS:
-                    raise ValueError(f"layers[{i}]: unknown activation {layer.name!r}")
-                if not _finite(layer.negative_slope):
-                    raise ValueError(f"layers[{i}].negative_slope must be finite")
-            else:
-                raise ValueError(f"layers[{i}] is not a Dense or Activation layer: {layer!r}")
+            validate_layer(layer, f"layers[{i}]")
     elif isinstance(spec, Polynomial):
         if not _positive_int(spec.degree):
             raise ValueError(f"degree must be an integer >= 1, got {spec.degree!r}")
@@ -182,17 +236,24 @@ def validate_spec(spec: KernelSpec) -> None:
 
 
 def layer_widths_applied(spec: KernelSpec, width: int) -> KernelSpec:
-    """``spec`` with every dense layer but the last given ``width`` (networks only).
+    """``spec`` with every dense/conv layer but the last (top-level) one given ``width`` (networks only).
 
     This is the infinite-width standard-parameterization kernel to compare with an empirical
     network whose hidden layers have ``width`` units. Other specs are returned unchanged.
     """
     if not isinstance(spec, Network):
         return spec
-    dense = [i for i, layer in enumerate(spec.layers) if isinstance(layer, Dense)]
-    last = dense[-1] if dense else -1
-    layers = tuple(
-        replace(layer, width=int(width)) if isinstance(layer, Dense) and i != last else layer
-        for i, layer in enumerate(spec.layers)
-    )
-    return replace(spec, layers=layers)
+    return replace(spec, layers=_widths_applied(spec.layers, int(width), top=True))
+
+
+def _widths_applied(layers: tuple[Layer, ...], width: int, top: bool) -> tuple[Layer, ...]:
+    weighted = [i for i, layer in enumerate(layers) if isinstance(layer, (Dense, Conv))]
+    last = weighted[-1] if (weighted and top) else -1
+    out: list[Layer] = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Dense, Conv)) and i != last:
+            layer = replace(layer, width=width)
+        elif isinstance(layer, Branches):
+            layer = replace(layer, branches=tuple(_widths_applied(b, width, False) for b in layer.branches))
+        out.append(layer)
+    return tuple(out)

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from core import kernels as core_kernels
 from service.auth import Owner
-from service.checks import check_features, check_layers, check_result_size
+from service.checks import check_features, check_inputs, check_layers, check_result_size
 from service.compute import run_compute
 from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
 from service.npy import NPY_MEDIA_TYPE
@@ -32,6 +32,7 @@ async def compute_kernels(body: KernelsRequest, request: Request, _owner: Owner)
     outputs = resolve_outputs(spec, body.outputs)
     check_features(body.x1, body.x2)
     check_layers(settings, spec)
+    check_inputs(settings, spec, body.x1, "x1", None if body.x2 is None else len(body.x2))
     n2 = len(body.x2) if body.x2 is not None else len(body.x1)
     check_result_size(settings, len(body.x1), n2, len(outputs))
     npy = wants_npy(request.state.media_type, outputs)

@@ -6,7 +6,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from service.auth import Owner
-from service.checks import check_layers, resolve_which
+from service.checks import check_inputs, check_layers, resolve_which
 from service.compute import run_compute
 from service.learning import kernel_spectrum
 from service.problems import too_large
@@ -24,6 +24,7 @@ async def compute_spectrum(body: SpectraRequest, request: Request, _owner: Owner
     spec = body.kernel.to_core()
     which = resolve_which(spec, body.which)
     check_layers(settings, spec)
+    check_inputs(settings, spec, body.x, "x")
     if body.x.shape[0] > settings.max_train_size:
         raise too_large("max_train_size", f"{body.x.shape[0]} points is over {settings.max_train_size}")
     return ORJSONResponse(await run_compute(request, kernel_spectrum, spec, which, body.x, body.top_k))

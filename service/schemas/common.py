@@ -14,8 +14,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
 )
 
 FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
@@ -48,6 +52,50 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 _Row = Annotated[list[FiniteFloat], Field(min_length=1)]
 #: An ``n × d`` matrix as a list of rows (n, d ≥ 1), validated into a float64 array.
 Matrix: TypeAlias = Annotated[list[_Row], Field(min_length=1), AfterValidator(_to_matrix)]
+
+
+_NESTED = {2: list[_Row], 3: list[list[_Row]], 4: list[list[list[_Row]]]}
+_INPUT_ADAPTERS = {rank: TypeAdapter(Annotated[tp, Field(min_length=1)]) for rank, tp in _NESTED.items()}
+_FORMS = {2: "n × d", 3: "n × L × C", 4: "n × H × W × C"}
+
+
+def _depth(value: object) -> int:
+    depth = 0
+    while isinstance(value, list) and value:
+        depth += 1
+        value = value[0]
+    return depth
+
+
+def _to_inputs(value: object) -> np.ndarray:
+    rank = min(max(_depth(value), 2), 4)  # shallower or deeper: the nearest form's errors
+    try:
+        _INPUT_ADAPTERS[rank].validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{part}]" for part in first["loc"])
+        raise ValueError(f"{where}: {first['msg']}") from None
+    if rank == 2:
+        return _to_matrix(value)  # type: ignore[arg-type]
+    try:
+        array = np.array(value, dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"ragged {_FORMS[rank]} input: every example needs the same shape") from None
+    if not np.isfinite(array).all():
+        raise ValueError("every value must be a finite float64 number")
+    return array
+
+
+#: Inputs of a kernel: ``n × d`` rows, or ``n × L × C`` / ``n × H × W × C`` (NHWC) for
+#: convolutional networks, validated into a float64 array of that rank.
+Inputs: TypeAlias = Annotated[
+    np.ndarray,
+    PlainValidator(_to_inputs),
+    WithJsonSchema({
+        "anyOf": [adapter.json_schema() for adapter in _INPUT_ADAPTERS.values()],
+        "description": "n × d rows, or n × L × C / n × H × W × C (channels last) for convolutional networks.",
+    }),
+]
 
 
 def _to_targets(value: list[float] | list[list[float]]) -> np.ndarray:

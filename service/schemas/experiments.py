@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from service.schemas.common import (
     Dtype,
     Integer,
-    Matrix,
+    Inputs,
     Positive,
     RequestModel,
     Targets,
@@ -25,11 +25,11 @@ class LazyTrainingRequest(RequestModel):
     kernel: NetworkSpec
     width: Annotated[Integer, Field(ge=1)]
     seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
-    x_train: Matrix
+    x_train: Inputs
     y_train: Targets
     steps: Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1, max_length=1000)]
     learning_rate: Positive = 1.0
-    x_test: Matrix | None = None
+    x_test: Inputs | None = None
     y_test: Targets | None = None
     loss_normalization: LossNormalization = "mean"
     dtype: Dtype = "float64"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import Dtype, Integer, Matrix, RequestModel
+from service.schemas.common import Dtype, Integer, Inputs, RequestModel
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
 OutputName = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$")]
@@ -17,8 +17,8 @@ class KernelsRequest(RequestModel):
     """Gram matrices of ``kernel`` between the rows of ``x1`` and ``x2`` (``x2`` null: ``x1`` itself)."""
 
     kernel: KernelSpec
-    x1: Matrix
-    x2: Matrix | None = None
+    x1: Inputs
+    x2: Inputs | None = None
     outputs: Outputs | None = Field(None, description="Matrices to return; default all the kernel yields.")
     dtype: Dtype = "float64"
 
@@ -33,8 +33,8 @@ class EmpiricalKernelsRequest(RequestModel):
     kernel: NetworkSpec
     width: Annotated[Integer, Field(ge=1)]
     seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
-    x1: Matrix
-    x2: Matrix | None = None
+    x1: Inputs
+    x2: Inputs | None = None
     outputs: Outputs | None = Field(None, description="Matrices to return; default all the kernel yields.")
     dtype: Dtype = "float64"
 

@@ -1,15 +1,18 @@
 """Kernel specifications (the ``kernel`` field), discriminated on ``type``.
 
 Each model converts itself to the pure ``core.kernels.spec`` dataclass with ``to_core()``.
+Layer models are generated from ``core.kernels.registry.LAYER_KINDS`` (fields, ranges and
+docs are declared there once).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model
 
 from core.kernels import spec as core
+from core.kernels.registry import LAYER_KINDS, LayerKind, Param
 from service.schemas.common import (
     FiniteFloat,
     Integer,
@@ -19,115 +22,74 @@ from service.schemas.common import (
 )
 
 
-class DenseLayer(RequestModel):
-    """Fully connected layer. ``b_std`` null: no bias parameter; ``width``: output width
-    (needed under standard parameterization on every dense layer but the last)."""
+class LayerModel(RequestModel):
+    """Base of the layer models generated from ``core.kernels.registry``."""
 
-    type: Literal["dense"]
-    w_std: Positive = 1.0
-    b_std: NonNegative | None = None
-    width: Annotated[Integer, Field(ge=1)] | None = None
-
-    def to_core(self) -> core.Layer:
-        return core.Dense(w_std=float(self.w_std), b_std=None if self.b_std is None else float(self.b_std),
-                          width=self.width)
-
-
-class _Activation(RequestModel):
     type: str
 
     def to_core(self) -> core.Layer:
-        return core.Activation(self.type)
+        kind = LAYER_KINDS[self.type]
+        fields = {}
+        for param in kind.params:
+            value = getattr(self, param.name)
+            if param.kind == "layers_list":
+                value = [[layer.to_core() for layer in branch] for branch in value]
+            fields[param.name] = value
+        return kind.build(fields)
 
 
-class ReluLayer(_Activation):
-    """ReLU, max(x, 0)."""
-
-    type: Literal["relu"]
-
-
-class AbsLayer(_Activation):
-    """Absolute value |x|."""
-
-    type: Literal["abs"]
-
-
-class ErfLayer(_Activation):
-    """Error function erf(x)."""
-
-    type: Literal["erf"]
-
-
-class SignLayer(_Activation):
-    """Sign function; its derivative kernel is 0 (as in neural-tangents)."""
-
-    type: Literal["sign"]
+def _annotation(param: Param) -> Any:
+    """The pydantic type of one registry field (ranges included, so the OpenAPI document has them)."""
+    bounds = {key: getattr(param, key) for key in ("gt", "ge", "le") if getattr(param, key) is not None}
+    if param.kind == "float":
+        ann: Any = Annotated[FiniteFloat, Field(**bounds)]
+    elif param.kind == "int":
+        ann = Annotated[Integer, Field(**bounds)]
+    elif param.kind == "ints":
+        ann = Annotated[list[Annotated[Integer, Field(**bounds)]], Field(min_length=1, max_length=2)]
+    elif param.kind == "choice":
+        ann = Literal[param.choices]  # type: ignore[valid-type]
+    else:  # layers_list
+        ann = Annotated[list[list["Layer"]], Field(min_length=1)]  # type: ignore[name-defined]
+    if param.nullable:
+        ann = ann | None
+    return ann
 
 
-class GeluLayer(_Activation):
-    """Exact GELU, x·Φ(x)."""
-
-    type: Literal["gelu"]
+def _model_name(kind_type: str) -> str:
+    return "".join(part.capitalize() for part in kind_type.split("_")) + "Layer"
 
 
-class SinLayer(_Activation):
-    """sin(x)."""
-
-    type: Literal["sin"]
-
-
-class IdentityLayer(_Activation):
-    """The identity (a linear network)."""
-
-    type: Literal["identity"]
+def _layer_model(kind: LayerKind) -> type[LayerModel]:
+    fields: dict[str, Any] = {"type": (Literal[kind.type], ...)}  # type: ignore[valid-type]
+    for param in kind.params:
+        fields[param.name] = (_annotation(param), Field(... if param.required else param.default,
+                                                        description=param.doc))
+    model = create_model(_model_name(kind.type), __base__=LayerModel, __doc__=kind.doc,
+                         __module__=__name__, **fields)
+    return model
 
 
-class LeakyReluLayer(RequestModel):
-    """Leaky ReLU: x for x ≥ 0, ``negative_slope``·x otherwise."""
+#: One pydantic model per registered layer kind, in registry order.
+LAYER_MODELS: dict[str, type[LayerModel]] = {name: _layer_model(kind) for name, kind in LAYER_KINDS.items()}
+globals().update({model.__name__: model for model in LAYER_MODELS.values()})
 
-    type: Literal["leaky_relu"]
-    negative_slope: FiniteFloat = 0.01
-
-    def to_core(self) -> core.Layer:
-        return core.Activation("leaky_relu", negative_slope=float(self.negative_slope))
-
-
-class ElementwiseLayer(RequestModel):
-    """A named function without a closed-form dual kernel, computed numerically (Hermite series with a
-    rigorous truncation bound, 2-D Gauss–Hermite quadrature as fallback; see core/kernels/quadrature.py)."""
-
-    type: Literal["elementwise"]
-    fn: Literal["tanh", "sigmoid", "softplus", "swish"]
-
-    def to_core(self) -> core.Layer:
-        return core.Activation(self.fn)
-
-
-Layer: TypeAlias = Annotated[
-    DenseLayer | ReluLayer | LeakyReluLayer | AbsLayer | ErfLayer | SignLayer | GeluLayer | SinLayer
-    | IdentityLayer | ElementwiseLayer,
+Layer: TypeAlias = Annotated[  # type: ignore[valid-type]
+    Union[tuple(LAYER_MODELS.values())],  # noqa: UP007 - a runtime tuple of generated models
     Field(discriminator="type"),
 ]
+for _model in LAYER_MODELS.values():
+    _model.model_rebuild(_types_namespace={"Layer": Layer})
 
 
 class NetworkKernel(RequestModel):
-    """NNGP and NTK of a fully connected network; ``layers`` applied in order to the input."""
+    """NNGP and NTK of a network; ``layers`` applied in order to the input (n × d, n × L × C or
+    n × H × W × C). Whether the network fits its input (and widths under standard
+    parameterization) is checked against the input with the request."""
 
     type: Literal["network"]
     layers: Annotated[list[Layer], Field(min_length=1)]
     parameterization: Literal["ntk", "standard"] = "ntk"
-
-    @model_validator(mode="after")
-    def _widths_for_standard(self) -> NetworkKernel:
-        if self.parameterization == "standard":
-            dense = [i for i, layer in enumerate(self.layers) if isinstance(layer, DenseLayer)]
-            for i in dense[:-1]:
-                if self.layers[i].width is None:  # type: ignore[union-attr]
-                    raise ValueError(
-                        f"layers[{i}].width is required under standard parameterization: "
-                        "every dense layer but the last needs its output width"
-                    )
-        return self
 
     def to_core(self) -> core.KernelSpec:
         return core.Network(tuple(layer.to_core() for layer in self.layers), self.parameterization)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from service.schemas.common import (
     Integer,
-    Matrix,
+    Inputs,
     NonNegative,
     Positive,
     RequestModel,
@@ -32,7 +32,7 @@ class KernelProblem(RequestModel):
 
     kernel: KernelSpec
     which: Which | None = None
-    x_train: Matrix
+    x_train: Inputs
     y_train: Targets
     ridge: NonNegative = Field(0.0, description="absolute: K + ridge·I; relative: K + ridge·(trace K / n)·I.")
     ridge_mode: RidgeMode = "absolute"
@@ -63,7 +63,7 @@ class ModelList(BaseModel):
 class PredictionRequest(RequestModel):
     """Mean (and optionally variance) after training for ``time`` (null: t = ∞, kernel regression)."""
 
-    x_test: Matrix
+    x_test: Inputs
     time: NonNegative | None = None
     variance: StrictBool = False
     learning_rate: Positive = 1.0
@@ -81,7 +81,7 @@ class TrajectoryOptions(RequestModel):
     times: Annotated[list[NonNegative], Field(min_length=1, max_length=1000)]
     learning_rate: Positive = 1.0
     method: Literal["flow", "gd"] = "flow"
-    x_test: Matrix | None = None
+    x_test: Inputs | None = None
     y_test: Targets | None = None
     loss_normalization: LossNormalization = "mean"
 
@@ -103,7 +103,7 @@ class TrajectoryOut(BaseModel):
 class SpectraRequest(RequestModel):
     kernel: KernelSpec
     which: Which | None = None
-    x: Matrix
+    x: Inputs
     top_k: Annotated[Integer, Field(ge=1)] | None = None
 
 

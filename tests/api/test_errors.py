@@ -35,7 +35,8 @@ async def test_non_finite_json_tokens(client: httpx.AsyncClient, token: bytes) -
         ([[1.0, 2.0], [3.0]], "x1", "row 1 has 1 entries but row 0 has 2"),
         ([], "x1", "at least 1"),
         ([[]], "x1", "at least 1"),
-        ([[[1.0]]], "x1", "valid number"),
+        ([[[1.0]]], "x1", "n × d inputs only"),
+        ([[[[[1.0]]]]], "x1", "valid number"),
         ([["1.0", 2.0]], "x1", "valid number"),
         ([[True, 2.0]], "x1", "valid number"),
         ([[None]], "x1", "valid number"),
@@ -84,7 +85,8 @@ async def test_standard_parameterization_message_names_the_layer(client: httpx.A
     kernel = {"type": "network", "parameterization": "standard",
               "layers": [{"type": "dense"}, {"type": "relu"}, {"type": "dense"}]}
     body = assert_problem(await client.post("/v1/kernels", json={"kernel": kernel, "x1": [[1.0]]}), 422)
-    assert "layers[0].width is required" in body["detail"]
+    assert "layers[2]: standard parameterization needs this layer's fan-in" in body["detail"]
+    assert "set `width`" in body["detail"]
 
 
 async def test_unknown_output_name(client: httpx.AsyncClient) -> None:

@@ -107,7 +107,7 @@ def test_inputs_not_representable_in_float32_are_refused() -> None:
     "call, message",
     [
         (lambda: gram(Linear(), np.ones((2, 3)), np.ones((2, 4))), "feature mismatch"),
-        (lambda: gram(Linear(), np.ones(3)), "2-D"),
+        (lambda: gram(Linear(), np.ones(3)), "n × d"),
         (lambda: gram(Linear(), np.ones((0, 3))), "at least one row"),
         (lambda: gram(Linear(), np.ones((2, 3)), outputs=["ntk"]), "unknown output"),
         (lambda: gram(TwoLayerRelu(), np.ones((2, 3)), outputs=[]), "at least one"),

@@ -1,0 +1,203 @@
+"""Infinite-width rules of every layer kind on a ``PairState`` (neural-tangents' ``kernel_fn``s).
+
+A ``PairState`` holds ``nngp`` and ``ntk`` in the layout of ``spatial.py``: ``(B1, *S, B2, *S)``
+(``k`` spatial axes; a ``B1 × B2`` matrix when ``k = 0``) and the channel ``width``
+(the fan-in of a following dense layer under standard parameterization). Rules that need the
+per-position variances of the two sides (activations, ``layer_norm``) ask ``ctx.variances``,
+which reads them from the diagonal of a per-example state or from a recorded tape
+(``engine.py``). Conventions (neural-tangents; ``w² = w_std²``, ``b² = b_std²`` or 0):
+
+- ``dense``: ``nngp' = w²·nngp + b²``; NTK param. ``ntk' = nngp' + w²·ntk``; standard param.
+  ``ntk' = fan_in·nngp + w²·ntk + [bias]``, ``fan_in`` = the input's channels;
+- ``conv``: the same with ``nngp``, ``ntk`` replaced by their filter means (``spatial.conv_mean``)
+  and ``fan_in`` = channels × filter size;
+- activations: ``nngp' = E[φ(u)φ(v)]``, ``ntk' = ntk·E[φ'(u)φ'(v)]`` (``activations.py``,
+  ``quadrature.py``) with the variances of the two positions;
+- ``layer_norm``: ``nngp, ntk ÷ √((ε + q₁)(ε + q₂))``;
+- pooling, ``flatten``, global pooling: the linear maps of ``spatial.py`` on both;
+- ``branches``: every branch on the same state, then ``sum`` (``Σ nngp_b``, ``Σ ntk_b``) or
+  ``product`` (``Π nngp_b``, ``Σ_b ntk_b Π_{c≠b} nngp_c``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.kernels import spatial
+from core.kernels import spec as S
+from core.kernels.activations import ACTIVATIONS
+from core.kernels.dense import dense_constants
+from core.kernels.quadrature import FUNCTIONS, pair_matrix
+from core.kernels.registry import kind_of
+
+Array = Any
+
+
+@dataclass(frozen=True, slots=True)
+class PairState:
+    """``nngp``/``ntk`` (``ntk`` None when not tracked) with ``k`` spatial axes, channel ``width``."""
+
+    nngp: Array
+    ntk: Array | None
+    k: int
+    width: int | None
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.nngp.shape[1 : 1 + self.k])
+
+    def linear(self, fn: Callable[[Array], Array], **changes: Any) -> PairState:
+        """The same linear map on ``nngp`` and ``ntk``."""
+        return replace(self, nngp=fn(self.nngp), ntk=None if self.ntk is None else fn(self.ntk), **changes)
+
+
+class VarianceSource(Protocol):
+    """Per-position variances ``(q_row, q_col)`` for ``state``, broadcastable to ``state.nngp``."""
+
+    def __call__(self, state: PairState) -> tuple[Array, Array]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What rules need besides the state: the parameterization and the variances."""
+
+    parameterization: str
+    variances: VarianceSource
+    #: per-example "self" blocks (``B2 = 1``, column variances per row example)
+    self_blocks: bool
+
+
+Rule = Callable[[PairState, Any, Context], PairState]
+
+
+def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S.Dense | S.Conv,
+            fan_in: int | None, ctx: Context, **changes: Any) -> PairState:
+    w2, b2, bias = dense_constants(layer)  # type: ignore[arg-type]
+    dt = state.nngp.dtype.type
+    nngp = dt(w2) * mean_nngp + dt(b2)
+    ntk = None
+    if mean_ntk is not None:
+        if ctx.parameterization == "ntk":
+            ntk = nngp + dt(w2) * mean_ntk
+        else:
+            if fan_in is None:
+                raise ValueError("standard parameterization needs the fan-in: set `width` on the layer before")
+            ntk = dt(fan_in) * mean_nngp + dt(w2) * mean_ntk + dt(bias)
+    return replace(state, nngp=nngp, ntk=ntk, width=layer.width, **changes)
+
+
+def dense_rule(state: PairState, layer: S.Dense, ctx: Context) -> PairState:
+    return _affine(state, state.nngp, state.ntk, layer, state.width, ctx)
+
+
+def conv_rule(state: PairState, layer: S.Conv, ctx: Context) -> PairState:
+    strides = layer.strides or (1,) * state.k
+    mean = (lambda a: spatial.conv_mean(a, state.k, layer.filter_shape, strides, layer.padding))
+    fan_in = None if state.width is None else state.width * math.prod(layer.filter_shape)
+    return _affine(state, mean(state.nngp), None if state.ntk is None else mean(state.ntk), layer, fan_in, ctx)
+
+
+def _numerical(state: PairState, layer: S.Activation, q_row: Array, q_col: Array, ctx: Context):
+    phi, dphi = FUNCTIONS[layer.name]
+    want = state.ntk is not None
+    shape = state.nngp.shape
+    b1, b2, p = shape[0], shape[state.k + 1], math.prod(state.spatial)
+    if not ctx.self_blocks:
+        q12 = state.nngp.reshape(b1 * p, b2 * p)
+        new, dot = pair_matrix(phi, dphi if want else None, q_row.reshape(-1), q_col.reshape(-1), q12)
+        return new.reshape(shape), (None if dot is None else dot.reshape(shape))
+    new = np.empty_like(state.nngp)
+    dot = np.empty_like(state.nngp) if want else None
+    for i in range(b1):  # each example against itself: its own variances on both sides
+        q = q_row[i].reshape(-1)
+        v, d = pair_matrix(phi, dphi if want else None, q, q, state.nngp[i].reshape(p, p))
+        new[i] = v.reshape(shape[1:])
+        if dot is not None:
+            dot[i] = d.reshape(shape[1:])
+    return new, dot
+
+
+def activation_rule(state: PairState, layer: S.Activation, ctx: Context) -> PairState:
+    if layer.name == "identity":
+        return state
+    q_row, q_col = ctx.variances(state)
+    want = state.ntk is not None
+    if layer.name in FUNCTIONS:
+        nngp, dot = _numerical(state, layer, q_row, q_col, ctx)
+    else:
+        rule = ACTIVATIONS[layer.name]
+        nngp, dot = rule.pair(rule.aux(q_row, layer), rule.aux(q_col, layer), state.nngp, layer, want)
+    return replace(state, nngp=nngp, ntk=state.ntk * dot if want else None)
+
+
+def layer_norm_rule(state: PairState, layer: S.LayerNorm, ctx: Context) -> PairState:
+    q_row, q_col = ctx.variances(state)
+    eps = state.nngp.dtype.type(layer.eps)
+    scale = 1 / (np.sqrt(eps + q_row) * np.sqrt(eps + q_col))
+    return state.linear(lambda a: a * scale)
+
+
+def pool_rule(state: PairState, layer: S.AvgPool | S.SumPool, ctx: Context) -> PairState:
+    strides = layer.strides or layer.window_shape
+    average = isinstance(layer, S.AvgPool)
+    return state.linear(lambda a: spatial.pool(a, state.k, layer.window_shape, strides, layer.padding, average))
+
+
+def global_pool_rule(state: PairState, layer: S.GlobalAvgPool | S.GlobalSumPool, ctx: Context) -> PairState:
+    average = isinstance(layer, S.GlobalAvgPool)
+    return state.linear(lambda a: spatial.global_pool(a, state.k, average), k=0)
+
+
+def flatten_rule(state: PairState, layer: S.Flatten, ctx: Context) -> PairState:
+    width = None if state.width is None else state.width * math.prod(state.spatial)
+    return state.linear(lambda a: spatial.flatten(a, state.k), k=0, width=width)
+
+
+def branches_rule(state: PairState, layer: S.Branches, ctx: Context) -> PairState:
+    outs = [run_layers(branch, state, ctx) for branch in layer.branches]
+    first = outs[0]
+    width = next((o.width for o in outs if o.width is not None), None)
+    if layer.merge == "sum":
+        nngp = sum((o.nngp for o in outs[1:]), first.nngp.copy())
+        ntk = None if first.ntk is None else sum((o.ntk for o in outs[1:]), first.ntk.copy())
+        return replace(first, nngp=nngp, ntk=ntk, width=width)
+    nngp = first.nngp.copy()
+    for o in outs[1:]:
+        nngp *= o.nngp
+    ntk = None
+    if first.ntk is not None:
+        ntk = np.zeros_like(nngp)
+        for b, o in enumerate(outs):
+            term = o.ntk.copy()
+            for c, other in enumerate(outs):
+                if c != b:
+                    term *= other.nngp
+            ntk += term
+    return replace(first, nngp=nngp, ntk=ntk, width=width)
+
+
+#: The infinite-width rule of every registered layer kind (keyed like ``registry.LAYER_KINDS``).
+RULES: dict[str, Rule] = {
+    "dense": dense_rule,
+    "conv": conv_rule,
+    "avg_pool": pool_rule,
+    "sum_pool": pool_rule,
+    "global_avg_pool": global_pool_rule,
+    "global_sum_pool": global_pool_rule,
+    "flatten": flatten_rule,
+    "layer_norm": layer_norm_rule,
+    "branches": branches_rule,
+    **{name: activation_rule for name in (*S.CLOSED_FORM_ACTIVATIONS, "elementwise")},
+}
+
+
+def run_layers(layers: tuple[S.Layer, ...], state: PairState, ctx: Context) -> PairState:
+    """``layers`` applied in order (pure: ``state`` is not modified)."""
+    for layer in layers:
+        state = RULES[kind_of(layer).type](state, layer, ctx)
+    return state
