@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from core.kernels import spec as S
-from core.kernels.rules import Context, PairState, run_layers
+from core.kernels.rules import Context, PairState, conv_on_inputs, run_layers
 from core.kernels.shapes import Shape, trace, trace_layers
 
 Array = Any
@@ -130,7 +130,7 @@ def self_state(x: np.ndarray, want_ntk: bool) -> PairState:
     g = np.matmul(xr, xr.transpose(0, 2, 1))
     g /= x.dtype.type(c)
     nngp = g.reshape(x.shape[0], *spatial, 1, *spatial)
-    return PairState(nngp, np.zeros_like(nngp) if want_ntk else None, len(spatial), c)
+    return PairState(nngp, 0.0 if want_ntk else None, len(spatial), c)
 
 
 def pair_state(x1: np.ndarray, x2: np.ndarray, want_ntk: bool) -> PairState:
@@ -140,7 +140,21 @@ def pair_state(x1: np.ndarray, x2: np.ndarray, want_ntk: bool) -> PairState:
     g = a.reshape(-1, c) @ b.reshape(-1, c).T
     g /= x1.dtype.type(c)
     nngp = g.reshape(x1.shape[0], *spatial, x2.shape[0], *spatial)
-    return PairState(nngp, np.zeros_like(nngp) if want_ntk else None, len(spatial), c)
+    return PairState(nngp, 0.0 if want_ntk else None, len(spatial), c)
+
+
+def _run(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, ctx: Context, want_ntk: bool) -> PairState:
+    """The network on ``x1`` × ``x2`` (``None``: self blocks); a leading conv works on patches."""
+    layers = spec.layers
+    if layers and isinstance(layers[0], S.Conv) and x1.ndim > 2:
+        state = conv_on_inputs(x1, x2, layers[0], ctx, want_ntk)
+        layers = layers[1:]
+    else:
+        state = self_state(x1, want_ntk) if x2 is None else pair_state(x1, x2, want_ntk)
+    state = run_layers(layers, state, ctx)
+    if isinstance(state.ntk, float):  # no dense/conv layer at all
+        state = replace(state, ntk=np.zeros_like(state.nngp))
+    return state
 
 
 @dataclass
@@ -161,7 +175,7 @@ def self_pass(spec: S.Network, x: np.ndarray, want_ntk: bool, batch: int) -> Sel
     for i0 in range(0, x.shape[0], batch):
         recorder = Recorder()
         ctx = Context(spec.parameterization, recorder, True)
-        out = run_layers(spec.layers, self_state(x[i0 : i0 + batch], want_ntk), ctx)
+        out = _run(spec, x[i0 : i0 + batch], None, ctx, want_ntk)
         nngp.append(out.nngp.reshape(-1))
         if want_ntk:
             ntk.append(out.ntk.reshape(-1))
@@ -174,7 +188,7 @@ def pair_block(spec: S.Network, x1: np.ndarray, x2: np.ndarray, rows: list[np.nd
                want_ntk: bool) -> PairState:
     """The final state ``(b1, b2)`` of a block of example pairs."""
     ctx = Context(spec.parameterization, Replay(rows, cols), False)
-    return run_layers(spec.layers, pair_state(x1, x2, want_ntk), ctx)
+    return _run(spec, x1, x2, ctx, want_ntk)
 
 
 # ----------------------------------------------------------------------------------- driver

@@ -32,6 +32,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from core.kernels.activations import ACTIVATIONS, relu_constants
+from core.kernels.spec import Activation
+
 # opcodes
 OP_INPUT = 0  # nngp /= d, ntk = 0                          params: d
 OP_DENSE_NTK = 1  # nngp' = w² nngp + b², ntk' = nngp' + w² ntk     params: w², b²
@@ -41,6 +44,11 @@ OP_ERF = 4
 OP_SIGN = 5
 OP_GELU = 6
 OP_SIN = 7
+OP_SAVE = 8  # stack[slot] = (nngp, ntk)                                   params: slot
+OP_LOAD = 9  # (nngp, ntk) = stack[slot]                                   params: slot
+OP_ADD = 10  # stack[slot] += (nngp, ntk)                   (FanInSum)     params: slot
+OP_MUL = 11  # stack[slot] = (N·n, T·n + N·t)              (FanInProd)    params: slot
+OP_SCALE = 12  # nngp, ntk *= r1·r2 (layer_norm; r = 1/√(ε + q) in aux slot q)
 
 #: aux slot of each per-point quantity.
 SLOTS = {"m": 0, "p": 1, "ip": 2, "q": 3, "u": 4, "t": 5, "sP": 6, "g": 7}
@@ -232,13 +240,41 @@ def _op_sin(nn, nt, q1, q2, K):
 
 
 @njit(cache=True, error_model="numpy")
-def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K):
-    """All opcodes over the row segment ``nn = nngp[i, js:je]``, ``nt = ntk[i, js:je]``."""
+def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
+    """All opcodes over the row segment ``nn = nngp[i, js:je]``, ``nt = ntk[i, js:je]``;
+    ``stack`` (slots × 2 × block) holds the states of open branches."""
     n = nn.shape[0]
     for o in range(ops.shape[0]):
         op = ops[o]
         k = act[o]
-        if op == OP_INPUT:
+        if op >= OP_SAVE and op <= OP_MUL:
+            s = int(prm[o, 0])
+            sn = stack[s, 0]
+            st = stack[s, 1]
+            if op == OP_SAVE:
+                for j in range(n):
+                    sn[j] = nn[j]
+                    st[j] = nt[j]
+            elif op == OP_LOAD:
+                for j in range(n):
+                    nn[j] = sn[j]
+                    nt[j] = st[j]
+            elif op == OP_ADD:
+                for j in range(n):
+                    sn[j] = sn[j] + nn[j]
+                    st[j] = st[j] + nt[j]
+            else:
+                for j in range(n):
+                    st[j] = st[j] * nn[j] + sn[j] * nt[j]
+                    sn[j] = sn[j] * nn[j]
+        elif op == OP_SCALE:
+            r1 = rows[k, 3, i]
+            r2 = cols[k, 3, js:je]
+            for j in range(n):
+                r = r1 * r2[j]
+                nn[j] = nn[j] * r
+                nt[j] = nt[j] * r
+        elif op == OP_INPUT:
             d = prm[o, 0]
             for j in range(n):
                 nn[j] = nn[j] / d
@@ -290,7 +326,7 @@ def _mirror_block(a, i0, i1, j0, j1, diagonal):
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def run_program(nngp, ntk, want_ntk, symmetric, ops, prm, act, rows, cols, consts, block):
+def run_program(nngp, ntk, want_ntk, symmetric, ops, prm, act, rows, cols, consts, block, slots):
     """Run the program in place on ``nngp`` (holding ``<x, x'>``) and ``ntk``.
 
     ``symmetric``: compute upper-triangle blocks only and mirror them. ``want_ntk=False``:
@@ -320,6 +356,7 @@ def run_program(nngp, ntk, want_ntk, symmetric, ops, prm, act, rows, cols, const
         j0 = bj * block
         j1 = min(n2, j0 + block)
         scratch = np.empty(j1 - j0, nngp.dtype)
+        stack = np.empty((max(slots, 1), 2, j1 - j0), nngp.dtype)
         for i in range(i0, i1):
             js = max(j0, i) if symmetric else j0
             if js >= j1:
@@ -329,7 +366,7 @@ def run_program(nngp, ntk, want_ntk, symmetric, ops, prm, act, rows, cols, const
                 nt = ntk[i, js:j1]
             else:
                 nt = scratch[: j1 - js]
-            _run_row(nn, nt, i, js, j1, ops, prm, act, rows, cols, K)
+            _run_row(nn, nt, i, js, j1, ops, prm, act, rows, cols, K, stack)
         if symmetric:
             _mirror_block(nngp, i0, i1, j0, j1, bi == bj)
             if want_ntk:
@@ -337,6 +374,24 @@ def run_program(nngp, ntk, want_ntk, symmetric, ops, prm, act, rows, cols, const
 
 
 # ------------------------------------------------------------------------------- the program
+def activation_opcode(layer: Activation) -> tuple[int, tuple[float, ...]]:
+    """The opcode and parameters of a closed-form activation (identity has none: skip it)."""
+    if layer.name in ("relu", "leaky_relu", "abs"):
+        return OP_ABRELU, relu_constants(layer)
+    return {"erf": OP_ERF, "sign": OP_SIGN, "gelu": OP_GELU, "sin": OP_SIN}[layer.name], ()
+
+
+def run_activation(layer: Activation, q1: np.ndarray, q2: np.ndarray, nngp: np.ndarray,
+                   ntk: np.ndarray | None) -> None:
+    """One closed-form activation in place on the matrices ``nngp``, ``ntk`` (``n1 × n2``) with row
+    variances ``q1`` (n1,) and column variances ``q2`` (n2,)."""
+    rule = ACTIVATIONS[layer.name]
+    program = Program(nngp.dtype, nngp.shape[0], nngp.shape[1])
+    op, params = activation_opcode(layer)
+    program.add_activation(op, rule.aux(q1, layer), rule.aux(q2, layer), params)
+    program.run(nngp, ntk, False, 192)
+
+
 @dataclass
 class Program:
     """Opcodes, parameters and per-point quantities for ``run_program`` (one dtype)."""
@@ -349,6 +404,8 @@ class Program:
     act: list[int] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
     cols: list[np.ndarray] = field(default_factory=list)
+    #: stack slots used by OP_SAVE … OP_MUL (branches)
+    slots: int = 0
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -383,6 +440,7 @@ class Program:
         cols = np.stack(self.cols) if self.cols else np.zeros((1, N_SLOTS, self.n2), dtype)
         with _RUN_LOCK:
             self._run_locked(nngp, ntk, symmetric, block, rows, cols)
+        self.slots = 0
         self.ops.clear()
         self.params.clear()
         self.act.clear()
@@ -405,6 +463,7 @@ class Program:
                 cols,
                 constants(dtype),
                 int(block),
+                self.slots,
             )
         finally:
             numba.set_parallel_chunksize(previous)

@@ -30,26 +30,32 @@ import numpy as np
 from scipy.linalg import blas
 
 from core.backend import array_namespace
-from core.kernels.activations import ACTIVATIONS, relu_constants
+from core.kernels.activations import ACTIVATIONS
 from core.kernels.classic import classic_block
 from core.kernels.dense import dense_constants, require_fan_in
-from core.kernels.engine import network_gram
+from core.kernels.engine import network_gram, self_pass
 from core.kernels.fused import (
-    OP_ABRELU,
+    OP_ADD,
     OP_DENSE_NTK,
     OP_DENSE_STD,
-    OP_ERF,
-    OP_GELU,
     OP_INPUT,
-    OP_SIGN,
-    OP_SIN,
+    OP_LOAD,
+    OP_MUL,
+    OP_SAVE,
+    OP_SCALE,
     Program,
+    activation_opcode,
 )
 from core.kernels.network import diagonal_step, is_numerical, network_reference
 from core.kernels.quadrature import apply_numerical
 from core.kernels.spec import (
     Activation,
+    AvgPool,
+    Branches,
+    Conv,
     Dense,
+    LayerNorm,
+    SumPool,
     KernelSpec,
     Layer,
     Network,
@@ -156,12 +162,6 @@ def _store(out: Array, rows: slice, cols: slice, block: Array, symmetric: bool) 
 
 
 # ---------------------------------------------------------------------------- network paths
-def _opcode(layer: Activation) -> tuple[int, tuple[float, ...]]:
-    if layer.name in ("relu", "leaky_relu", "abs"):
-        return OP_ABRELU, relu_constants(layer)
-    return {"erf": OP_ERF, "sign": OP_SIGN, "gelu": OP_GELU, "sin": OP_SIN}[layer.name], ()
-
-
 def _numerical_in_place(layer, nngp, ntk, cov1, cov2, width, symmetric, tile):
     """A quadrature activation applied block by block to the full buffers."""
     for rows, cols in _tiles(nngp.shape[0], nngp.shape[1], tile, symmetric):
@@ -223,7 +223,7 @@ def _network_fused(
             rule = ACTIVATIONS[layer.name]
             aux1 = rule.aux(cov1, layer)
             aux2 = aux1 if symmetric else rule.aux(cov2, layer)
-            op, params = _opcode(layer)
+            op, params = activation_opcode(layer)
             program.add_activation(op, aux1, aux2, params)
         new_cov1, diag_ntk, new_width = diagonal_step(
             cov1, diag_ntk, width, layer, parameterization, position  # type: ignore[arg-type]
@@ -239,6 +239,81 @@ def _network_fused(
         if ntk is not None:
             np.fill_diagonal(ntk, diag_ntk)
     return nngp, ntk
+
+
+def _compile_graph(layers: Sequence[Layer], program: Program, parameterization: str, width: int | None,
+                   tape1: Iterator[np.ndarray], tape2: Iterator[np.ndarray], depth: int = 0) -> int | None:
+    """Opcodes of a fully connected layer graph (branches, layer_norm) into ``program``; the
+    activations' per-point quantities come from the self passes' variance tapes, consumed in the
+    order ``rules.run_layers`` visits the layers. Returns the width after ``layers``."""
+    for layer in layers:
+        if isinstance(layer, Dense):
+            w2, b2, bias = dense_constants(layer)
+            if parameterization == "ntk":
+                program.add(OP_DENSE_NTK, (w2, b2))
+            else:
+                program.add(OP_DENSE_STD, (w2, b2, float(require_fan_in(width, 0)), bias))
+            width = layer.width
+        elif isinstance(layer, Activation) and layer.name != "identity":
+            q1, q2 = next(tape1), next(tape2)
+            rule = ACTIVATIONS[layer.name]
+            op, params = activation_opcode(layer)
+            program.add_activation(op, rule.aux(q1, layer), rule.aux(q2, layer), params)
+        elif isinstance(layer, LayerNorm):
+            q1, q2 = next(tape1), next(tape2)
+            eps = q1.dtype.type(layer.eps)
+            program.add_activation(OP_SCALE, {"q": 1 / np.sqrt(eps + q1)}, {"q": 1 / np.sqrt(eps + q2)})
+        elif isinstance(layer, Branches):
+            start, acc = 2 * depth, 2 * depth + 1
+            program.slots = max(program.slots, acc + 1)
+            program.add(OP_SAVE, (start,))
+            widths = []
+            for b, branch in enumerate(layer.branches):
+                if b:
+                    program.add(OP_LOAD, (start,))
+                widths.append(_compile_graph(branch, program, parameterization, width, tape1, tape2, depth + 1))
+                program.add(OP_SAVE if b == 0 else (OP_ADD if layer.merge == "sum" else OP_MUL), (acc,))
+            program.add(OP_LOAD, (acc,))
+            width = next((w for w in widths if w is not None), None)
+        # identity, flatten and global pooling are the identity on n × d representations
+    return width
+
+
+def _network_fused_graph(spec: Network, x1: np.ndarray, x2: np.ndarray | None, want_ntk: bool
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(nngp, ntk) of a fully connected graph (branches, layer_norm; closed-form activations) in one
+    compiled pass, like ``_network_fused``; the per-point variances come from ``engine.self_pass``."""
+    symmetric = x2 is None
+    first = self_pass(spec, x1, want_ntk, 1 << 16)
+    second = first if symmetric else self_pass(spec, x2, want_ntk, 1 << 16)
+    dtype = x1.dtype
+    n1 = x1.shape[0]
+    n2 = n1 if symmetric else x2.shape[0]
+    nngp = np.empty((n1, n2), dtype)
+    if symmetric:
+        syrk_upper(x1, nngp)
+    else:
+        np.matmul(x1, x2.T, out=nngp)
+    ntk = np.empty((n1, n2), dtype) if want_ntk else None
+    program = Program(dtype, n1, n2)
+    program.add(OP_INPUT, (float(x1.shape[1]),))
+    _compile_graph(spec.layers, program, spec.parameterization, x1.shape[1], iter(first.tape), iter(second.tape))
+    program.run(nngp, ntk, symmetric, FUSED_BLOCK)
+    if symmetric:
+        np.fill_diagonal(nngp, first.nngp)
+        if ntk is not None:
+            np.fill_diagonal(ntk, first.ntk)
+    return nngp, ntk
+
+
+def _fused_graph_fits(layers: Sequence[Layer]) -> bool:
+    """Fully connected layers the compiled graph pass handles (no numerical activations)."""
+    for layer in layers:
+        if isinstance(layer, Branches) and not all(_fused_graph_fits(b) for b in layer.branches):
+            return False
+        if isinstance(layer, (Conv, AvgPool, SumPool)) or (isinstance(layer, Activation) and is_numerical(layer)):
+            return False
+    return True
 
 
 def _network_reference_tiled(
@@ -281,7 +356,10 @@ def _compute(spec, x1, x2, wanted, tile, engine) -> dict[str, Array]:
     if isinstance(spec, Network) and (x1.ndim > 2 or not is_chain(spec)):
         if array_namespace(x1) is not np:
             raise ValueError("networks beyond fully connected chains run on NumPy (CPU) workers only")
-        nngp, ntk = network_gram(spec, x1, x2, "ntk" in wanted)
+        if x1.ndim == 2 and engine != "reference" and _fused_graph_fits(spec.layers):
+            nngp, ntk = _network_fused_graph(spec, x1, x2, "ntk" in wanted)
+        else:
+            nngp, ntk = network_gram(spec, x1, x2, "ntk" in wanted)
         return {name: (nngp if name == "nngp" else ntk) for name in wanted}
     if isinstance(spec, Network):
         want_ntk = "ntk" in wanted

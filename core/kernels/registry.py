@@ -229,6 +229,15 @@ def layer_to_json(layer: S.Layer) -> dict[str, Any]:
     return out
 
 
+def layer_from_json(obj: Mapping[str, Any]) -> S.Layer:
+    """A layer from its contract JSON form (trusted input: the service validates with pydantic first)."""
+    kind = LAYER_KINDS[obj["type"]]
+    fields = {key: value for key, value in obj.items() if key != "type"}
+    if "branches" in fields:
+        fields["branches"] = [[layer_from_json(sub) for sub in branch] for branch in fields["branches"]]
+    return kind.build(fields)
+
+
 # ---------------------------------------------------------------------------------- checks
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

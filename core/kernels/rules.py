@@ -32,6 +32,7 @@ from core.kernels import spatial
 from core.kernels import spec as S
 from core.kernels.activations import ACTIVATIONS
 from core.kernels.dense import dense_constants
+from core.kernels.fused import run_activation
 from core.kernels.quadrature import FUNCTIONS, pair_matrix
 from core.kernels.registry import kind_of
 
@@ -40,10 +41,11 @@ Array = Any
 
 @dataclass(frozen=True, slots=True)
 class PairState:
-    """``nngp``/``ntk`` (``ntk`` None when not tracked) with ``k`` spatial axes, channel ``width``."""
+    """``nngp``/``ntk`` with ``k`` spatial axes, channel ``width``. ``ntk`` is None when not tracked
+    and the float ``0.0`` while it is identically zero (before the first dense/conv layer)."""
 
     nngp: Array
-    ntk: Array | None
+    ntk: Array | float | None
     k: int
     width: int | None
 
@@ -53,7 +55,8 @@ class PairState:
 
     def linear(self, fn: Callable[[Array], Array], **changes: Any) -> PairState:
         """The same linear map on ``nngp`` and ``ntk``."""
-        return replace(self, nngp=fn(self.nngp), ntk=None if self.ntk is None else fn(self.ntk), **changes)
+        ntk = self.ntk if self.ntk is None or isinstance(self.ntk, float) else fn(self.ntk)
+        return replace(self, nngp=fn(self.nngp), ntk=ntk, **changes)
 
 
 class VarianceSource(Protocol):
@@ -81,13 +84,16 @@ def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S
     dt = state.nngp.dtype.type
     nngp = dt(w2) * mean_nngp + dt(b2)
     ntk = None
+    zero = isinstance(mean_ntk, float)  # ntk ≡ 0 before: skip its terms (arrays are never mutated: aliases are safe)
     if mean_ntk is not None:
         if ctx.parameterization == "ntk":
-            ntk = nngp + dt(w2) * mean_ntk
+            ntk = nngp if zero else nngp + dt(w2) * mean_ntk
         else:
             if fan_in is None:
                 raise ValueError("standard parameterization needs the fan-in: set `width` on the layer before")
-            ntk = dt(fan_in) * mean_nngp + dt(w2) * mean_ntk + dt(bias)
+            ntk = dt(fan_in) * mean_nngp + dt(bias)
+            if not zero:
+                ntk += dt(w2) * mean_ntk
     return replace(state, nngp=nngp, ntk=ntk, width=layer.width, **changes)
 
 
@@ -99,12 +105,34 @@ def conv_rule(state: PairState, layer: S.Conv, ctx: Context) -> PairState:
     strides = layer.strides or (1,) * state.k
     mean = (lambda a: spatial.conv_mean(a, state.k, layer.filter_shape, strides, layer.padding))
     fan_in = None if state.width is None else state.width * math.prod(layer.filter_shape)
-    return _affine(state, mean(state.nngp), None if state.ntk is None else mean(state.ntk), layer, fan_in, ctx)
+    ntk = state.ntk if state.ntk is None or isinstance(state.ntk, float) else mean(state.ntk)
+    return _affine(state, mean(state.nngp), ntk, layer, fan_in, ctx)
 
 
-def _numerical(state: PairState, layer: S.Activation, q_row: Array, q_col: Array, ctx: Context):
+def conv_on_inputs(x1: Array, x2: Array | None, layer: S.Conv, ctx: Context, want_ntk: bool) -> PairState:
+    """``conv_rule`` on the input state, from patches: the filter mean of ``<x_s, x'_s'>/C`` is
+    ``<patch_s(x), patch_s'(x')>/(C·f)``, one BLAS product instead of a pass over ``P²`` entries.
+    ``x2`` None: per-example self blocks."""
+    k = x1.ndim - 2
+    strides = layer.strides or (1,) * k
+    c = x1.shape[-1]
+    p1 = spatial.patches(x1, layer.filter_shape, strides, layer.padding)
+    f_c = p1.shape[-1]
+    if x2 is None:
+        flat = p1.reshape(p1.shape[0], -1, f_c)
+        g = np.matmul(flat, flat.transpose(0, 2, 1))
+        mean = g.reshape(p1.shape[0], *p1.shape[1:-1], 1, *p1.shape[1:-1])
+    else:
+        p2 = spatial.patches(x2, layer.filter_shape, strides, layer.padding)
+        g = p1.reshape(-1, f_c) @ p2.reshape(-1, f_c).T
+        mean = g.reshape(*p1.shape[:-1], *p2.shape[:-1])
+    mean /= x1.dtype.type(f_c)
+    state = PairState(mean, 0.0 if want_ntk else None, k, c)
+    return _affine(state, mean, state.ntk, layer, c * math.prod(layer.filter_shape), ctx)
+
+
+def _numerical(state: PairState, layer: S.Activation, q_row: Array, q_col: Array, ctx: Context, want: bool):
     phi, dphi = FUNCTIONS[layer.name]
-    want = state.ntk is not None
     shape = state.nngp.shape
     b1, b2, p = shape[0], shape[state.k + 1], math.prod(state.spatial)
     if not ctx.self_blocks:
@@ -126,13 +154,20 @@ def activation_rule(state: PairState, layer: S.Activation, ctx: Context) -> Pair
     if layer.name == "identity":
         return state
     q_row, q_col = ctx.variances(state)
-    want = state.ntk is not None
+    want = state.ntk is not None and not isinstance(state.ntk, float)
     if layer.name in FUNCTIONS:
-        nngp, dot = _numerical(state, layer, q_row, q_col, ctx)
+        nngp, dot = _numerical(state, layer, q_row, q_col, ctx, want)
+    elif not ctx.self_blocks and isinstance(state.nngp, np.ndarray):  # the compiled pass, on a copy
+        shape = state.nngp.shape
+        rows, cols = q_row.size, q_col.size
+        nngp = state.nngp.reshape(rows, cols).copy()
+        ntk = state.ntk.reshape(rows, cols).copy() if want else None
+        run_activation(layer, q_row.reshape(-1), q_col.reshape(-1), nngp, ntk)
+        return replace(state, nngp=nngp.reshape(shape), ntk=ntk.reshape(shape) if want else state.ntk)
     else:
         rule = ACTIVATIONS[layer.name]
         nngp, dot = rule.pair(rule.aux(q_row, layer), rule.aux(q_col, layer), state.nngp, layer, want)
-    return replace(state, nngp=nngp, ntk=state.ntk * dot if want else None)
+    return replace(state, nngp=nngp, ntk=state.ntk * dot if want else state.ntk)
 
 
 def layer_norm_rule(state: PairState, layer: S.LayerNorm, ctx: Context) -> PairState:
@@ -163,21 +198,22 @@ def branches_rule(state: PairState, layer: S.Branches, ctx: Context) -> PairStat
     first = outs[0]
     width = next((o.width for o in outs if o.width is not None), None)
     if layer.merge == "sum":
-        nngp = sum((o.nngp for o in outs[1:]), first.nngp.copy())
-        ntk = None if first.ntk is None else sum((o.ntk for o in outs[1:]), first.ntk.copy())
+        nngp, ntk = first.nngp, first.ntk
+        for o in outs[1:]:
+            nngp = nngp + o.nngp
+            ntk = None if ntk is None else ntk + o.ntk
         return replace(first, nngp=nngp, ntk=ntk, width=width)
-    nngp = first.nngp.copy()
+    nngp = first.nngp
     for o in outs[1:]:
-        nngp *= o.nngp
-    ntk = None
-    if first.ntk is not None:
-        ntk = np.zeros_like(nngp)
+        nngp = nngp * o.nngp
+    ntk = None if first.ntk is None else 0.0
+    if ntk is not None:
         for b, o in enumerate(outs):
-            term = o.ntk.copy()
+            term = o.ntk
             for c, other in enumerate(outs):
                 if c != b:
-                    term *= other.nngp
-            ntk += term
+                    term = term * other.nngp
+            ntk = ntk + term
     return replace(first, nngp=nngp, ntk=ntk, width=width)
 
 
