@@ -8,7 +8,9 @@ each tile covers whole chunks, so concurrent tiles never share one), ``done/<til
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,14 +27,26 @@ CANCEL_FLAG = "CANCELLED"
 
 class WarmUp(WorkerPlugin):
     """A Dask worker plugin: compile (or load from cache) the kernel engine when a worker starts,
-    so the first tile does not pay for it. Registered by the engine; applies to restarted workers."""
+    so the first tile does not pay for it. Registered by the engine; applies to restarted workers.
+
+    ``setup`` runs on the worker's event loop, so it only starts the compile in a daemon thread
+    and returns: heartbeats, ``/health`` and the engine's ``register_plugin`` (hence the API's
+    first ``/readyz``) never wait for it. A tile that arrives meanwhile waits on numba's compile
+    lock and then uses the compiled engine (nothing is compiled twice)."""
 
     name = "ntk-warm-up"
 
     def setup(self, worker: Any) -> None:
-        from core.kernels import warm_up
+        threading.Thread(target=_warm_up_worker, name="ntk-warm-up", daemon=True).start()
 
+
+def _warm_up_worker() -> None:
+    from core.kernels import warm_up
+
+    try:
         warm_up()
+    except Exception:  # a failed warm-up only means the first tile compiles
+        logging.getLogger("distributed.worker").exception("ntk kernel engine warm-up failed")
 
 
 class TaskFailed(Exception):
