@@ -8,9 +8,9 @@ Each rule is two small pure functions:
 - ``pair(a1, a2, q12, layer, want_dot)``: the new covariance and the derivative kernel
   ("dot") for broadcastable ``a1`` (rows), ``a2`` (columns) and cross covariance ``q12``.
 
-``apply_activation(state, layer)`` maps a ``KernelState`` to the next one
-(``nngp ← E[φ(u)φ(v)]``, ``ntk ← ntk·E[φ'(u)φ'(v)]``, ``cov ← E[φ(u)²]``), with the
-diagonals computed by the *same* ``pair`` formula at ``q11 = q22 = q12 = q``.
+``rules.activation_rule`` applies a rule to a kernel state (``nngp ← E[φ(u)φ(v)]``,
+``ntk ← ntk·E[φ'(u)φ'(v)]``); a point with itself uses the *same* ``pair`` formula at
+``q11 = q22 = q12 = q`` (``ActivationRule.diagonal``).
 Conventions follow neural-tangents (``stax.ABRelu``, ``Erf``, ``Sign``, ``Gelu``, ``Sin``);
 ``sign`` has derivative kernel 0 (as neural-tangents). The formulas are rewritten so that no
 intermediate overflows for variances up to ~1e300 and no difference of large numbers appears
@@ -27,7 +27,6 @@ from typing import Any
 from core.backend import array_namespace
 from core.kernels.geometry import correlation, norm_product, scaled_pair, split_scale
 from core.kernels.spec import Activation
-from core.kernels.state import KernelState
 
 Array = Any
 Aux = dict[str, Array]
@@ -193,19 +192,6 @@ class ActivationRule:
         a = self.aux(q, layer)
         return self.pair(a, a, q, layer, False)[0]
 
-    def apply(self, state: KernelState, layer: Activation) -> KernelState:
-        """The state after this activation."""
-        a1 = {k: v[:, None] for k, v in self.aux(state.cov1, layer).items()}
-        a2 = {k: v[None, :] for k, v in self.aux(state.cov2, layer).items()}
-        nngp, dot = self.pair(a1, a2, state.nngp, layer, state.ntk is not None)
-        ntk = None if state.ntk is None else state.ntk * dot
-        return state.replace(
-            cov1=self.diagonal(state.cov1, layer),
-            cov2=self.diagonal(state.cov2, layer),
-            nngp=nngp,
-            ntk=ntk,
-        )
-
 
 ACTIVATIONS: dict[str, ActivationRule] = {
     "relu": ActivationRule(scale_aux, relu_pair),
@@ -217,12 +203,3 @@ ACTIVATIONS: dict[str, ActivationRule] = {
     "sin": ActivationRule(variance_aux, sin_pair),
     "identity": ActivationRule(no_aux, identity_pair),
 }
-
-
-def apply_activation(state: KernelState, layer: Activation) -> KernelState:
-    """Closed-form activation ``layer.name`` applied to ``state``."""
-    try:
-        rule = ACTIVATIONS[layer.name]
-    except KeyError:
-        raise ValueError(f"no closed form for activation {layer.name!r}") from None
-    return rule.apply(state, layer)

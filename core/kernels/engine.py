@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core.backend import array_namespace
 from core.kernels import spec as S
 from core.kernels.rules import Context, PairState, conv_on_inputs, run_layers
 from core.kernels.shapes import Shape, trace, trace_layers
@@ -97,7 +98,8 @@ class Recorder:
 
     def __call__(self, state: PairState) -> tuple[Array, Array]:
         b, p = state.nngp.shape[0], math.prod(state.spatial)
-        diag = np.diagonal(state.nngp.reshape(b, p, p), axis1=1, axis2=2).reshape(b, *state.spatial).copy()
+        xp = array_namespace(state.nngp)
+        diag = xp.diagonal(state.nngp.reshape(b, p, p), axis1=1, axis2=2).reshape(b, *state.spatial).copy()
         self.tape.append(diag)
         return _row_col(diag, diag, state.k, True)
 
@@ -117,43 +119,52 @@ class Replay:
 
 
 # ----------------------------------------------------------------------------------- passes
-def _examples(x: np.ndarray) -> tuple[np.ndarray, int, tuple[int, ...]]:
+def _examples(x: Array) -> tuple[Array, int, tuple[int, ...]]:
     """``x`` as ``(n, P, C)``, with ``C`` and the spatial shape."""
     spatial = tuple(x.shape[1:-1])
     c = x.shape[-1]
     return x.reshape(x.shape[0], math.prod(spatial), c), c, spatial
 
 
-def self_state(x: np.ndarray, want_ntk: bool) -> PairState:
-    """``<x_s, x_s'>/C`` of every example with itself: ``(n, *S, 1, *S)``."""
+def self_state(x: Array, want_ntk: bool, scale: float | None = None, norms: Array | None = None) -> PairState:
+    """``<x_s, x_s'>/C`` of every example with itself: ``(n, *S, 1, *S)``. ``scale`` replaces the
+    divisor ``C``; ``norms`` (fully connected only) are the ``‖x‖²`` to use, e.g. the diagonal of
+    the product that gives the pairs, so that a duplicate row has correlation exactly 1."""
     xr, c, spatial = _examples(x)
-    g = np.matmul(xr, xr.transpose(0, 2, 1))
-    g /= x.dtype.type(c)
+    if norms is not None:
+        g = norms.reshape(-1, 1).astype(x.dtype, copy=True)
+    else:
+        g = xr @ xr.transpose(0, 2, 1)
+    g /= x.dtype.type(c if scale is None else scale)
     nngp = g.reshape(x.shape[0], *spatial, 1, *spatial)
     return PairState(nngp, 0.0 if want_ntk else None, len(spatial), c)
 
 
-def pair_state(x1: np.ndarray, x2: np.ndarray, want_ntk: bool) -> PairState:
-    """``<x_s, x'_s'>/C`` between every pair: ``(b1, *S, b2, *S)``."""
+def pair_state(x1: Array, x2: Array, want_ntk: bool, scale: float | None = None) -> PairState:
+    """``<x_s, x'_s'>/C`` between every pair: ``(b1, *S, b2, *S)`` (``scale`` replaces ``C``)."""
     a, c, spatial = _examples(x1)
     b, _, _ = _examples(x2)
     g = a.reshape(-1, c) @ b.reshape(-1, c).T
-    g /= x1.dtype.type(c)
+    g /= x1.dtype.type(c if scale is None else scale)
     nngp = g.reshape(x1.shape[0], *spatial, x2.shape[0], *spatial)
     return PairState(nngp, 0.0 if want_ntk else None, len(spatial), c)
 
 
-def _run(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, ctx: Context, want_ntk: bool) -> PairState:
+def _run(spec: S.Network, x1: Array, x2: Array | None, ctx: Context, want_ntk: bool, scale: float | None = None,
+         norms: Array | None = None) -> PairState:
     """The network on ``x1`` × ``x2`` (``None``: self blocks); a leading conv works on patches."""
     layers = spec.layers
     if layers and isinstance(layers[0], S.Conv) and x1.ndim > 2:
         state = conv_on_inputs(x1, x2, layers[0], ctx, want_ntk)
         layers = layers[1:]
+    elif x2 is None:
+        state = self_state(x1, want_ntk, scale, norms)
     else:
-        state = self_state(x1, want_ntk) if x2 is None else pair_state(x1, x2, want_ntk)
+        state = pair_state(x1, x2, want_ntk, scale)
     state = run_layers(layers, state, ctx)
     if isinstance(state.ntk, float):  # no dense/conv layer at all
-        state = replace(state, ntk=np.zeros_like(state.nngp))
+        xp = array_namespace(state.nngp)
+        state = replace(state, ntk=xp.zeros_like(state.nngp))
     return state
 
 
@@ -161,34 +172,38 @@ def _run(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, ctx: Context, w
 class SelfPass:
     """The Gram diagonal (``nngp``, ``ntk``: ``(n,)``) and the variance tape of a set of inputs."""
 
-    nngp: np.ndarray
-    ntk: np.ndarray | None
-    tape: list[np.ndarray]
+    nngp: Array
+    ntk: Array | None
+    tape: list[Array]
 
-    def rows(self, sl: slice) -> list[np.ndarray]:
+    def rows(self, sl: slice) -> list[Array]:
         return [t[sl] for t in self.tape]
 
 
-def self_pass(spec: S.Network, x: np.ndarray, want_ntk: bool, batch: int) -> SelfPass:
-    """Run every example of ``x`` against itself, ``batch`` examples at a time."""
+def self_pass(spec: S.Network, x: Array, want_ntk: bool, batch: int, scale: float | None = None,
+              norms: Array | None = None) -> SelfPass:
+    """Run every example of ``x`` against itself, ``batch`` examples at a time (``scale``, ``norms``:
+    see ``self_state``)."""
+    xp = array_namespace(x)
     nngp, ntk, tapes = [], [], []
     for i0 in range(0, x.shape[0], batch):
         recorder = Recorder()
         ctx = Context(spec.parameterization, recorder, True)
-        out = _run(spec, x[i0 : i0 + batch], None, ctx, want_ntk)
+        part = None if norms is None else norms[i0 : i0 + batch]
+        out = _run(spec, x[i0 : i0 + batch], None, ctx, want_ntk, scale, part)
         nngp.append(out.nngp.reshape(-1))
         if want_ntk:
             ntk.append(out.ntk.reshape(-1))
         tapes.append(recorder.tape)
-    tape = [np.concatenate(parts) for parts in zip(*tapes)]
-    return SelfPass(np.concatenate(nngp), np.concatenate(ntk) if want_ntk else None, tape)
+    tape = [xp.concatenate(parts) for parts in zip(*tapes)]
+    return SelfPass(xp.concatenate(nngp), xp.concatenate(ntk) if want_ntk else None, tape)
 
 
-def pair_block(spec: S.Network, x1: np.ndarray, x2: np.ndarray, rows: list[np.ndarray], cols: list[np.ndarray],
-               want_ntk: bool) -> PairState:
+def pair_block(spec: S.Network, x1: Array, x2: Array, rows: list[Array], cols: list[Array], want_ntk: bool,
+               scale: float | None = None) -> PairState:
     """The final state ``(b1, b2)`` of a block of example pairs."""
     ctx = Context(spec.parameterization, Replay(rows, cols), False)
-    return _run(spec, x1, x2, ctx, want_ntk)
+    return _run(spec, x1, x2, ctx, want_ntk, scale)
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -208,12 +223,15 @@ def _blocks(n1: int, n2: int, b1: int, b2: int, symmetric: bool) -> Iterator[tup
             yield slice(i0, min(n1, i0 + b1)), slice(j0, min(n2, j0 + b2))
 
 
-def network_gram(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, want_ntk: bool,
-                 entries: int = BLOCK_ENTRIES) -> tuple[np.ndarray, np.ndarray | None]:
+def network_gram(spec: S.Network, x1: Array, x2: Array | None, want_ntk: bool, entries: int = BLOCK_ENTRIES,
+                 input_scale: float | None = None) -> tuple[Array, Array | None]:
     """``(nngp, ntk)`` (``n1 × n2``; ``ntk`` None unless ``want_ntk``) of ``spec`` on ``x1`` × ``x2``
     (``None``: ``x1`` against itself, exactly symmetric). Inputs are ``(n, d)``, ``(n, L, C)`` or
-    ``(n, H, W, C)`` arrays of one float dtype; ``ValueError`` if the network does not fit them."""
+    ``(n, H, W, C)`` arrays of one float dtype (NumPy; CuPy for fully connected networks);
+    ``input_scale`` replaces the divisor ``C`` of the input covariance. ``ValueError`` if the
+    network does not fit the inputs."""
     trace(spec, x1.shape[1:])
+    xp = array_namespace(x1)
     symmetric = x2 is None
     other = x1 if symmetric else x2
     if other.shape[1:] != x1.shape[1:]:
@@ -221,16 +239,15 @@ def network_gram(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, want_nt
     p = largest_positions(spec, x1.shape[1:])
     n1, n2 = x1.shape[0], other.shape[0]
     batch = max(1, entries // (p * p))
-    first = self_pass(spec, x1, want_ntk, batch)
-    second = first if symmetric else self_pass(spec, other, want_ntk, batch)
-    dtype = x1.dtype
-    nngp = np.empty((n1, n2), dtype)
-    ntk = np.empty((n1, n2), dtype) if want_ntk else None
+    first = self_pass(spec, x1, want_ntk, batch, input_scale)
+    second = first if symmetric else self_pass(spec, other, want_ntk, batch, input_scale)
+    nngp = xp.empty((n1, n2), x1.dtype)
+    ntk = xp.empty((n1, n2), x1.dtype) if want_ntk else None
     b1, b2 = block_edges(p, n1, n2, entries)
 
     def run(block: tuple[slice, slice]) -> None:
         rs, cs = block
-        out = pair_block(spec, x1[rs], other[cs], first.rows(rs), second.rows(cs), want_ntk)
+        out = pair_block(spec, x1[rs], other[cs], first.rows(rs), second.rows(cs), want_ntk, input_scale)
         for target, value in ((nngp, out.nngp), (ntk, out.ntk)):
             if target is None:
                 continue
@@ -239,25 +256,25 @@ def network_gram(spec: S.Network, x1: np.ndarray, x2: np.ndarray | None, want_nt
                 target[cs, rs] = value.T
 
     blocks = list(_blocks(n1, n2, b1, b2, symmetric))
-    if len(blocks) > 1 and THREADS > 1:
+    if len(blocks) > 1 and THREADS > 1 and xp is np:
         with ThreadPoolExecutor(THREADS) as pool:
             list(pool.map(run, blocks))
     else:
         for block in blocks:
             run(block)
-    if symmetric:
-        nngp = np.triu(nngp) + np.triu(nngp, 1).T
-        np.fill_diagonal(nngp, first.nngp)
+    if symmetric:  # diagonal blocks were computed whole: keep their upper triangle, mirrored
+        nngp = xp.triu(nngp) + xp.triu(nngp, 1).T
+        xp.fill_diagonal(nngp, first.nngp)
         if ntk is not None:
-            ntk = np.triu(ntk) + np.triu(ntk, 1).T
-            np.fill_diagonal(ntk, first.ntk)
+            ntk = xp.triu(ntk) + xp.triu(ntk, 1).T
+            xp.fill_diagonal(ntk, first.ntk)
     return nngp, ntk
 
 
-def network_diagonal(spec: S.Network, x: np.ndarray, want_ntk: bool = True,
-                     entries: int = BLOCK_ENTRIES) -> tuple[np.ndarray, np.ndarray | None]:
+def network_diagonal(spec: S.Network, x: Array, want_ntk: bool = True, entries: int = BLOCK_ENTRIES,
+                     input_scale: float | None = None) -> tuple[Array, Array | None]:
     """``(nngp, ntk)`` diagonals ``k(x_i, x_i)`` (``(n,)``) without any pair of distinct examples."""
     trace(spec, x.shape[1:])
     p = largest_positions(spec, x.shape[1:])
-    out = self_pass(spec, x, want_ntk, max(1, entries // (p * p)))
+    out = self_pass(spec, x, want_ntk, max(1, entries // (p * p)), input_scale)
     return out.nngp, out.ntk

@@ -68,3 +68,9 @@ def correlation(q12: Array, s12: Array) -> Array:
     positive = s12 > 0
     rho = xp.where(positive, q12 / xp.where(positive, s12, 1), 0)
     return xp.clip(rho, -1, 1).astype(q12.dtype, copy=False)
+
+
+def row_sq_norms(x: Array) -> Array:
+    """``‖x_i‖²`` for each row, in ``x``'s dtype."""
+    xp = array_namespace(x)
+    return xp.einsum("ij,ij->i", x, x)

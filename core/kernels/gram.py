@@ -8,22 +8,26 @@ CuPy on a GPU worker (reference engine; not exercised by the CPU test suite).
 
 Engines for network kernels (``network``, ``two_layer_relu``):
 
-- ``"fused"`` (the default on NumPy inputs): one BLAS product ``<x, x'>`` written straight
-  into the buffer that becomes ``nngp`` (a symmetric rank-k update when ``x2`` is ``x1``),
-  then one compiled pass (``fused.py``) that runs every layer per entry, upper-triangle blocks
-  only when symmetric. Quadrature activations run vectorised between fused segments, tile by
-  tile. Extra memory: O(n·layers) besides the outputs.
-- ``"reference"``: the vectorised layer-by-layer recursion (``network.py``) on ``tile × tile``
-  blocks (upper blocks only when symmetric, mirrored). Used for CuPy inputs and in tests.
+- ``"fused"`` (the default on NumPy ``n × d`` inputs): one BLAS product ``<x, x'>`` written
+  straight into the buffer that becomes ``nngp`` (a symmetric rank-k update when ``x2`` is
+  ``x1``), then one compiled pass (``fused.py``) that runs every layer per entry — branches on a
+  small per-row stack, ``layer_norm`` as a scaling — upper-triangle blocks only when symmetric.
+  Per-point quantities come from the self passes of ``engine.py`` (O(n·layers)). Quadrature
+  activations (outside branches) run vectorised between compiled segments, tile by tile.
+  Extra memory: O(n·layers) besides the outputs.
+- ``"reference"``: the general engine (``engine.py``: the rules of ``rules.py`` on blocks of
+  example pairs). It is also the path of convolutional inputs (``n × L × C``, ``n × H × W × C``),
+  of quadrature activations inside branches and of CuPy inputs.
 
 Symmetric means ``x2`` is ``None``, the same object as ``x1`` or equal to it. Then the result
-is exactly symmetric and its diagonal comes from the diagonal recursion (each point has
-correlation exactly 1 with itself).
+is exactly symmetric and its diagonal comes from the self pass (each point has correlation
+exactly 1 with itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +36,6 @@ from scipy.linalg import blas
 from core.backend import array_namespace
 from core.kernels.activations import ACTIVATIONS
 from core.kernels.classic import classic_block
-from core.kernels.dense import dense_constants, require_fan_in
 from core.kernels.engine import network_gram, self_pass
 from core.kernels.fused import (
     OP_ADD,
@@ -46,25 +49,22 @@ from core.kernels.fused import (
     Program,
     activation_opcode,
 )
-from core.kernels.network import diagonal_step, is_numerical, network_reference
-from core.kernels.quadrature import apply_numerical
+from core.kernels.quadrature import FUNCTIONS, pair_matrix
+from core.kernels.rules import dense_constants, require_fan_in
+from core.kernels.shapes import is_chain, trace
 from core.kernels.spec import (
     Activation,
-    AvgPool,
     Branches,
-    Conv,
     Dense,
-    LayerNorm,
-    SumPool,
     KernelSpec,
     Layer,
+    LayerNorm,
     Network,
     TwoLayerRelu,
     resolve_outputs,
     validate_spec,
 )
-from core.kernels.shapes import is_chain, trace
-from core.kernels.state import KernelState, row_sq_norms
+from core.kernels.geometry import row_sq_norms
 from core.kernels.two_layer import TWO_LAYER_NETWORK
 
 Array = Any
@@ -162,105 +162,55 @@ def _store(out: Array, rows: slice, cols: slice, block: Array, symmetric: bool) 
 
 
 # ---------------------------------------------------------------------------- network paths
-def _numerical_in_place(layer, nngp, ntk, cov1, cov2, width, symmetric, tile):
-    """A quadrature activation applied block by block to the full buffers."""
+def _numerical_in_place(layer: Activation, nngp: np.ndarray, ntk: np.ndarray | None, q1: np.ndarray,
+                        q2: np.ndarray, symmetric: bool, tile: int) -> None:
+    """A quadrature activation applied block by block to the full buffers (variances ``q1``, ``q2``)."""
+    phi, dphi = FUNCTIONS[layer.name]
     for rows, cols in _tiles(nngp.shape[0], nngp.shape[1], tile, symmetric):
-        state = KernelState(
-            cov1=cov1[rows],
-            cov2=cov2[cols],
-            nngp=nngp[rows, cols],
-            ntk=None if ntk is None else ntk[rows, cols],
-            width=width,
-        )
-        new = apply_numerical(state, layer)
-        _store(nngp, rows, cols, new.nngp, symmetric)
+        new, dot = pair_matrix(phi, None if ntk is None else dphi, q1[rows], q2[cols], nngp[rows, cols])
+        _store(nngp, rows, cols, new, symmetric)
         if ntk is not None:
-            _store(ntk, rows, cols, new.ntk, symmetric)
+            _store(ntk, rows, cols, ntk[rows, cols] * dot, symmetric)
 
 
-def _network_fused(
-    layers: Sequence[Layer],
-    parameterization: str,
-    x1: np.ndarray,
-    x2: np.ndarray | None,
-    want_ntk: bool,
-    input_scale: float,
-    tile: int,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(nngp, ntk) of the recursion on ``x1`` × ``x2`` by the fused engine."""
-    symmetric = x2 is None
-    dtype = x1.dtype
-    n1 = x1.shape[0]
-    n2 = n1 if symmetric else x2.shape[0]
-    nngp = np.empty((n1, n2), dtype)
-    if symmetric:
-        syrk_upper(x1, nngp)  # upper triangle only; the fused pass reads it and mirrors
-        # the norms from the same product: a duplicated row then has exactly the same
-        # inner product with its copy as with itself (correlation exactly 1)
-        sq1 = nngp.diagonal().copy()
-    else:
-        np.matmul(x1, x2.T, out=nngp)
-        sq1 = row_sq_norms(x1)
-    cov1 = sq1 / input_scale
-    cov2 = cov1 if symmetric else row_sq_norms(x2) / input_scale
-    ntk = np.empty((n1, n2), dtype) if want_ntk else None
-    diag_ntk = np.zeros(n1, dtype) if (want_ntk and symmetric) else None
-    width: int | None = x1.shape[1]
-    program = Program(dtype, n1, n2)
-    program.add(OP_INPUT, (float(input_scale),))
-    for position, layer in enumerate(layers):
-        if isinstance(layer, Dense):
-            w2, b2, bias = dense_constants(layer)
-            if parameterization == "ntk":
-                program.add(OP_DENSE_NTK, (w2, b2))
-            else:
-                fan = float(require_fan_in(width, position)) if want_ntk else 0.0
-                program.add(OP_DENSE_STD, (w2, b2, fan, bias))
-        elif is_numerical(layer):
-            program.run(nngp, ntk, symmetric, FUSED_BLOCK)
-            _numerical_in_place(layer, nngp, ntk, cov1, cov2, width, symmetric, tile)
-        elif layer.name != "identity":
-            rule = ACTIVATIONS[layer.name]
-            aux1 = rule.aux(cov1, layer)
-            aux2 = aux1 if symmetric else rule.aux(cov2, layer)
-            op, params = activation_opcode(layer)
-            program.add_activation(op, aux1, aux2, params)
-        new_cov1, diag_ntk, new_width = diagonal_step(
-            cov1, diag_ntk, width, layer, parameterization, position  # type: ignore[arg-type]
-        )
-        if not symmetric:
-            cov2, _, _ = diagonal_step(cov2, None, width, layer, parameterization, position)  # type: ignore[arg-type]
-        cov1, width = new_cov1, new_width
-        if symmetric:
-            cov2 = cov1
-    program.run(nngp, ntk, symmetric, FUSED_BLOCK)
-    if symmetric:
-        np.fill_diagonal(nngp, cov1)
-        if ntk is not None:
-            np.fill_diagonal(ntk, diag_ntk)
-    return nngp, ntk
+@dataclass
+class _Graph:
+    """What compiling a fully connected graph needs besides the layers."""
+
+    program: Program
+    parameterization: str
+    tape1: Iterator[np.ndarray]
+    tape2: Iterator[np.ndarray]
+    nngp: np.ndarray
+    ntk: np.ndarray | None
+    symmetric: bool
+    tile: int
 
 
-def _compile_graph(layers: Sequence[Layer], program: Program, parameterization: str, width: int | None,
-                   tape1: Iterator[np.ndarray], tape2: Iterator[np.ndarray], depth: int = 0) -> int | None:
-    """Opcodes of a fully connected layer graph (branches, layer_norm) into ``program``; the
-    activations' per-point quantities come from the self passes' variance tapes, consumed in the
-    order ``rules.run_layers`` visits the layers. Returns the width after ``layers``."""
+def _compile(layers: Sequence[Layer], g: _Graph, width: int | None, depth: int = 0) -> int | None:
+    """Opcodes of a fully connected layer graph into ``g.program``; activations take their
+    per-point quantities from the self passes' variance tapes, consumed in the order
+    ``rules.run_layers`` visits the layers. A numerical activation (top level only) runs the
+    program so far, then itself on the whole matrices. Returns the width after ``layers``."""
+    program = g.program
     for layer in layers:
         if isinstance(layer, Dense):
             w2, b2, bias = dense_constants(layer)
-            if parameterization == "ntk":
+            if g.parameterization == "ntk":
                 program.add(OP_DENSE_NTK, (w2, b2))
             else:
                 program.add(OP_DENSE_STD, (w2, b2, float(require_fan_in(width, 0)), bias))
             width = layer.width
+        elif isinstance(layer, Activation) and layer.name in FUNCTIONS:
+            program.run(g.nngp, g.ntk, g.symmetric, FUSED_BLOCK)
+            _numerical_in_place(layer, g.nngp, g.ntk, next(g.tape1), next(g.tape2), g.symmetric, g.tile)
         elif isinstance(layer, Activation) and layer.name != "identity":
-            q1, q2 = next(tape1), next(tape2)
+            q1, q2 = next(g.tape1), next(g.tape2)
             rule = ACTIVATIONS[layer.name]
             op, params = activation_opcode(layer)
             program.add_activation(op, rule.aux(q1, layer), rule.aux(q2, layer), params)
         elif isinstance(layer, LayerNorm):
-            q1, q2 = next(tape1), next(tape2)
+            q1, q2 = next(g.tape1), next(g.tape2)
             eps = q1.dtype.type(layer.eps)
             program.add_activation(OP_SCALE, {"q": 1 / np.sqrt(eps + q1)}, {"q": 1 / np.sqrt(eps + q2)})
         elif isinstance(layer, Branches):
@@ -271,7 +221,7 @@ def _compile_graph(layers: Sequence[Layer], program: Program, parameterization: 
             for b, branch in enumerate(layer.branches):
                 if b:
                     program.add(OP_LOAD, (start,))
-                widths.append(_compile_graph(branch, program, parameterization, width, tape1, tape2, depth + 1))
+                widths.append(_compile(branch, g, width, depth + 1))
                 program.add(OP_SAVE if b == 0 else (OP_ADD if layer.merge == "sum" else OP_MUL), (acc,))
             program.add(OP_LOAD, (acc,))
             width = next((w for w in widths if w is not None), None)
@@ -279,25 +229,42 @@ def _compile_graph(layers: Sequence[Layer], program: Program, parameterization: 
     return width
 
 
-def _network_fused_graph(spec: Network, x1: np.ndarray, x2: np.ndarray | None, want_ntk: bool
-                         ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(nngp, ntk) of a fully connected graph (branches, layer_norm; closed-form activations) in one
-    compiled pass, like ``_network_fused``; the per-point variances come from ``engine.self_pass``."""
+def _compiles(layers: Sequence[Layer], top: bool = True) -> bool:
+    """Whether ``_compile`` handles ``layers`` (numerical activations only outside branches)."""
+    for layer in layers:
+        if isinstance(layer, Branches) and not all(_compiles(b, False) for b in layer.branches):
+            return False
+        if not top and isinstance(layer, Activation) and layer.name in FUNCTIONS:
+            return False
+    return True
+
+
+def _network_fused(spec: Network, x1: np.ndarray, x2: np.ndarray | None, want_ntk: bool, input_scale: float,
+                   tile: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(nngp, ntk) of a fully connected network by the compiled pass (module doc).
+
+    The self passes (``engine.self_pass``, O(n·layers)) give every activation's per-point
+    variances; when symmetric their input norms are the diagonal of the same product as the
+    pairs, so a duplicated row has exactly the same inner product with its copy as with itself.
+    """
     symmetric = x2 is None
-    first = self_pass(spec, x1, want_ntk, 1 << 16)
-    second = first if symmetric else self_pass(spec, x2, want_ntk, 1 << 16)
-    dtype = x1.dtype
     n1 = x1.shape[0]
     n2 = n1 if symmetric else x2.shape[0]
-    nngp = np.empty((n1, n2), dtype)
+    nngp = np.empty((n1, n2), x1.dtype)
     if symmetric:
-        syrk_upper(x1, nngp)
+        syrk_upper(x1, nngp)  # upper triangle only; the fused pass reads it and mirrors
+        norms1 = nngp.diagonal().copy()
     else:
         np.matmul(x1, x2.T, out=nngp)
-    ntk = np.empty((n1, n2), dtype) if want_ntk else None
-    program = Program(dtype, n1, n2)
-    program.add(OP_INPUT, (float(x1.shape[1]),))
-    _compile_graph(spec.layers, program, spec.parameterization, x1.shape[1], iter(first.tape), iter(second.tape))
+        norms1 = row_sq_norms(x1)
+    batch = 1 << 16
+    first = self_pass(spec, x1, want_ntk, batch, input_scale, norms1)
+    second = first if symmetric else self_pass(spec, x2, want_ntk, batch, input_scale, row_sq_norms(x2))
+    ntk = np.empty((n1, n2), x1.dtype) if want_ntk else None
+    program = Program(x1.dtype, n1, n2)
+    program.add(OP_INPUT, (float(input_scale),))
+    graph = _Graph(program, spec.parameterization, iter(first.tape), iter(second.tape), nngp, ntk, symmetric, tile)
+    _compile(spec.layers, graph, x1.shape[1])
     program.run(nngp, ntk, symmetric, FUSED_BLOCK)
     if symmetric:
         np.fill_diagonal(nngp, first.nngp)
@@ -306,70 +273,26 @@ def _network_fused_graph(spec: Network, x1: np.ndarray, x2: np.ndarray | None, w
     return nngp, ntk
 
 
-def _fused_graph_fits(layers: Sequence[Layer]) -> bool:
-    """Fully connected layers the compiled graph pass handles (no numerical activations)."""
-    for layer in layers:
-        if isinstance(layer, Branches) and not all(_fused_graph_fits(b) for b in layer.branches):
-            return False
-        if isinstance(layer, (Conv, AvgPool, SumPool)) or (isinstance(layer, Activation) and is_numerical(layer)):
-            return False
-    return True
-
-
-def _network_reference_tiled(
-    layers: Sequence[Layer],
-    parameterization: str,
-    x1: Array,
-    x2: Array | None,
-    want_ntk: bool,
-    input_scale: float,
-    tile: int,
-) -> tuple[Array, Array | None]:
-    """(nngp, ntk) by the vectorised recursion, block by block."""
-    xp = array_namespace(x1)
-    symmetric = x2 is None
-    spec = Network(layers=tuple(layers), parameterization=parameterization)  # type: ignore[arg-type]
-    n1 = x1.shape[0]
-    n2 = n1 if symmetric else x2.shape[0]
-    nngp = xp.empty((n1, n2), x1.dtype)
-    ntk = xp.empty((n1, n2), x1.dtype) if want_ntk else None
-    for rows, cols in _tiles(n1, n2, tile, symmetric):
-        if symmetric and rows == cols:
-            state = network_reference(spec, x1[rows], None, track_ntk=want_ntk, input_scale=input_scale)
-        else:
-            other = x1 if symmetric else x2
-            state = network_reference(spec, x1[rows], other[cols], track_ntk=want_ntk, input_scale=input_scale)
-        _store(nngp, rows, cols, state.nngp, symmetric)
-        if ntk is not None:
-            _store(ntk, rows, cols, state.ntk, symmetric)
-    return nngp, ntk
-
-
-def _recursion(layers, parameterization, x1, x2, want_ntk, input_scale, tile, engine):
-    if engine == "reference" or array_namespace(x1) is not np:
-        return _network_reference_tiled(layers, parameterization, x1, x2, want_ntk, input_scale, tile)
-    return _network_fused(layers, parameterization, x1, x2, want_ntk, input_scale, tile)
+def _network(spec: Network, x1: Array, x2: Array | None, want_ntk: bool, input_scale: float | None, tile: int,
+             engine: str) -> tuple[Array, Array | None]:
+    """(nngp, ntk) of any network: the compiled pass for fully connected NumPy inputs, else the
+    general engine (``engine.py``; also the ``"reference"`` engine and CuPy's path)."""
+    if engine != "reference" and array_namespace(x1) is np and x1.ndim == 2 and _compiles(spec.layers):
+        return _network_fused(spec, x1, x2, want_ntk, float(x1.shape[1] if input_scale is None else input_scale),
+                              tile)
+    if array_namespace(x1) is not np and (x1.ndim > 2 or not is_chain(spec)):
+        raise ValueError("networks beyond fully connected chains run on NumPy (CPU) workers only")
+    return network_gram(spec, x1, x2, want_ntk, input_scale=input_scale)
 
 
 # ------------------------------------------------------------------------------------ kernels
 def _compute(spec, x1, x2, wanted, tile, engine) -> dict[str, Array]:
-    if isinstance(spec, Network) and (x1.ndim > 2 or not is_chain(spec)):
-        if array_namespace(x1) is not np:
-            raise ValueError("networks beyond fully connected chains run on NumPy (CPU) workers only")
-        if x1.ndim == 2 and engine != "reference" and _fused_graph_fits(spec.layers):
-            nngp, ntk = _network_fused_graph(spec, x1, x2, "ntk" in wanted)
-        else:
-            nngp, ntk = network_gram(spec, x1, x2, "ntk" in wanted)
-        return {name: (nngp if name == "nngp" else ntk) for name in wanted}
     if isinstance(spec, Network):
-        want_ntk = "ntk" in wanted
-        nngp, ntk = _recursion(
-            spec.layers, spec.parameterization, x1, x2, want_ntk, x1.shape[1], tile, engine
-        )
+        nngp, ntk = _network(spec, x1, x2, "ntk" in wanted, None, tile, engine)
         return {name: (nngp if name == "nngp" else ntk) for name in wanted}
     if isinstance(spec, TwoLayerRelu):
         want_a = bool({"ntk", "ntk_a"} & set(wanted))
-        nngp, ntk_a = _recursion(TWO_LAYER_NETWORK.layers, "ntk", x1, x2, want_a, 1, tile, engine)
+        nngp, ntk_a = _network(TWO_LAYER_NETWORK, x1, x2, want_a, 1.0, tile, engine)
         out: dict[str, Array] = {}
         for name in wanted:
             if name == "ntk":

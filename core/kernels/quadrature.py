@@ -77,7 +77,6 @@ from core.backend import array_namespace, to_numpy
 from core.kernels.geometry import correlation, norm_product, split_scale
 from core.kernels.hermite import cross_energy, energy, expansion, series_sums
 from core.kernels.spec import Activation
-from core.kernels.state import KernelState
 
 Array = Any
 Fn = Callable[[Array], Array]
@@ -605,21 +604,3 @@ def numerical_diagonal(name: str, q: Array) -> Array:
     """``E[φ(u)²]`` for each variance ``q``."""
     phi, _ = FUNCTIONS[name]
     return pair_diagonal(phi, None, q)[0]
-
-
-def apply_numerical(state: KernelState, layer: Activation) -> KernelState:
-    """The state after the quadrature activation ``layer.name``."""
-    try:
-        phi, dphi = FUNCTIONS[layer.name]
-    except KeyError:
-        raise ValueError(f"no numerical rule for activation {layer.name!r}") from None
-    want = state.ntk is not None
-    rows = _points(phi, dphi, state.cov1)
-    cols = rows if _same_points(state.cov1, state.cov2) else _points(phi, dphi, state.cov2)
-    nngp, dot = _pair_block(rows, cols, state.nngp, want)
-    return state.replace(
-        cov1=rows.diagonal(False)[0],
-        cov2=rows.diagonal(False)[0] if cols is rows else cols.diagonal(False)[0],
-        nngp=nngp,
-        ntk=state.ntk * dot if want else None,
-    )

@@ -31,7 +31,6 @@ import numpy as np
 from core.kernels import spatial
 from core.kernels import spec as S
 from core.kernels.activations import ACTIVATIONS
-from core.kernels.dense import dense_constants
 from core.kernels.fused import run_activation
 from core.kernels.quadrature import FUNCTIONS, pair_matrix
 from core.kernels.registry import kind_of
@@ -78,6 +77,21 @@ class Context:
 Rule = Callable[[PairState, Any, Context], PairState]
 
 
+def dense_constants(layer: S.Dense | S.Conv) -> tuple[float, float, float]:
+    """``(w², b², bias)``: ``bias`` = 1.0 if the layer has a bias parameter (even with
+    ``b_std = 0``: it is trained under standard parameterization) else 0.0."""
+    b_std = layer.b_std
+    return float(layer.w_std) ** 2, 0.0 if b_std is None else float(b_std) ** 2, 0.0 if b_std is None else 1.0
+
+
+def require_fan_in(width: int | None, position: int) -> int:
+    """``width`` as the fan-in of a layer under standard parameterization, or a clear ``ValueError``."""
+    if width is None:
+        raise ValueError(f"standard parameterization needs the width of the dense layer before layer {position} "
+                         "(its fan-in): set `width` on every dense/conv layer but the last")
+    return int(width)
+
+
 def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S.Dense | S.Conv,
             fan_in: int | None, ctx: Context, **changes: Any) -> PairState:
     w2, b2, bias = dense_constants(layer)  # type: ignore[arg-type]
@@ -89,9 +103,7 @@ def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S
         if ctx.parameterization == "ntk":
             ntk = nngp if zero else nngp + dt(w2) * mean_ntk
         else:
-            if fan_in is None:
-                raise ValueError("standard parameterization needs the fan-in: set `width` on the layer before")
-            ntk = dt(fan_in) * mean_nngp + dt(bias)
+            ntk = dt(require_fan_in(fan_in, 0)) * mean_nngp + dt(bias)
             if not zero:
                 ntk += dt(w2) * mean_ntk
     return replace(state, nngp=nngp, ntk=ntk, width=layer.width, **changes)

@@ -46,8 +46,14 @@ async def test_kernels_equal_neural_tangents(client: httpx.AsyncClient, case: di
         results = response.json()["results"]
         for name in ("nngp", "ntk"):
             expected = np.array(case[name + suffix])
+            got = np.array(results[name])
             scale = max(np.abs(expected).max(), 1e-300)
-            np.testing.assert_allclose(np.array(results[name]), expected, rtol=1e-8, atol=1e-11 * scale,
+            if suffix and "sign" in case["name"]:
+                # E[sign(u)²] = 1 at correlation 1: neural-tangents' angle there is √(rounding), so its
+                # diagonal is off by up to ~1e-5; ours is exact (the self pass). Off the diagonal: tight.
+                np.testing.assert_allclose(np.diag(got), np.diag(expected), rtol=1e-5)
+                got, expected = got[~np.eye(len(got), dtype=bool)], expected[~np.eye(len(got), dtype=bool)]
+            np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-11 * scale,
                                        err_msg=f"{case['name']}: {name}{suffix}")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.kernels.activations import ACTIVATIONS
 from core.kernels.spec import CLOSED_FORM_ACTIVATIONS, Activation
-from core.kernels.state import KernelState
+from core.kernels.rules import Context, PairState, activation_rule
 from tests.core.kernels_testlib import (
     activation_functions,
     gaussian_pair_samples,
@@ -27,11 +27,17 @@ LAYERS = [Activation(name) for name in CLOSED_FORM_ACTIVATIONS] + [
 SAMPLES = 400_000
 
 
-def closed_form(layer: Activation, q11: float, q22: float, q12: float) -> KernelState:
-    state = KernelState(
-        cov1=np.array([q11]), cov2=np.array([q22]), nngp=np.array([[q12]]), ntk=np.ones((1, 1)), width=None
-    )
-    return ACTIVATIONS[layer.name].apply(state, layer)
+def activate(layer: Activation, q1: np.ndarray, q2: np.ndarray, q12: np.ndarray) -> PairState:
+    """The activation's rule on a kernel matrix with row/column variances ``q1``/``q2`` (NTK 1)."""
+    ctx = Context("ntk", lambda state: (q1[:, None], q2[None, :]), False)
+    return activation_rule(PairState(q12, np.ones_like(q12), 0, None), layer, ctx)
+
+
+def closed_form(layer: Activation, q11: float, q22: float, q12: float) -> tuple[PairState, float, float]:
+    """The pair's state and the two diagonals ``E[φ(u)²]``, ``E[φ(v)²]``."""
+    out = activate(layer, np.array([q11]), np.array([q22]), np.array([[q12]]))
+    rule = ACTIVATIONS[layer.name]
+    return out, float(rule.diagonal(np.array([q11]), layer)[0]), float(rule.diagonal(np.array([q22]), layer)[0])
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{l.name}({l.negative_slope})")
@@ -41,19 +47,19 @@ def test_closed_form_matches_monte_carlo(layer: Activation, config: tuple[float,
     rng = np.random.default_rng(hash((layer.name, layer.negative_slope, config)) % 2**32)
     u, v = gaussian_pair_samples(q11, q22, q12, SAMPLES, rng)
     phi, dphi = activation_functions(layer)
-    out = closed_form(layer, q11, q22, q12)
+    out, diag1, diag2 = closed_form(layer, q11, q22, q12)
     for value, samples in (
         (out.nngp[0, 0], phi(u) * phi(v)),
         (out.ntk[0, 0], dphi(u) * dphi(v)),
-        (out.cov1[0], phi(u) ** 2),
-        (out.cov2[0], phi(v) ** 2),
+        (diag1, phi(u) ** 2),
+        (diag2, phi(v) ** 2),
     ):
         mean, se = mean_and_se(samples)
         assert abs(value - mean) <= 5 * se + 1e-12, (value, mean, se)
 
 
 def test_sign_derivative_kernel_is_zero_by_convention() -> None:
-    out = closed_form(Activation("sign"), 1.0, 2.0, 0.5)
+    out, _, _ = closed_form(Activation("sign"), 1.0, 2.0, 0.5)
     assert out.ntk[0, 0] == 0.0
 
 
@@ -62,19 +68,16 @@ def test_diagonal_is_the_pair_formula_at_equal_arguments(layer: Activation) -> N
     """A point with itself: the off-diagonal formula reproduces the diagonal exactly."""
     q = np.array([0.0, 1e-3, 0.7, 1.0, 3.0, 1e4])
     rule = ACTIVATIONS[layer.name]
-    state = KernelState(cov1=q, cov2=q, nngp=np.diag(q), ntk=np.eye(q.size), width=None)
-    out = rule.apply(state, layer)
-    np.testing.assert_array_equal(np.diag(out.nngp), out.cov1)
+    nngp, _ = rule.pair(rule.aux(q[:, None], layer), rule.aux(q[None, :], layer), np.diag(q), layer, False)
+    np.testing.assert_array_equal(np.diag(nngp), rule.diagonal(q, layer))
 
 
 def test_zero_variance_is_orthogonal_and_finite() -> None:
     """q11 = 0: angle π/2 (relu derivative kernel 1/4), never NaN."""
-    state = KernelState(
-        cov1=np.array([0.0]), cov2=np.array([2.0]), nngp=np.zeros((1, 1)), ntk=np.ones((1, 1)), width=None
-    )
+    q1, q2, q12 = np.array([0.0]), np.array([2.0]), np.zeros((1, 1))
     for layer in LAYERS:
-        out = ACTIVATIONS[layer.name].apply(state, layer)
+        out = activate(layer, q1, q2, q12)
         assert np.all(np.isfinite(out.nngp)) and np.all(np.isfinite(out.ntk))
-    relu = ACTIVATIONS["relu"].apply(state, Activation("relu"))
+    relu = activate(Activation("relu"), q1, q2, q12)
     assert relu.nngp[0, 0] == 0.0
     assert relu.ntk[0, 0] == pytest.approx(0.25)

@@ -14,11 +14,11 @@ from core.kernels.hermite import expansion, hermite_functions, hermite_rule, ser
 from core.kernels.quadrature import (
     FUNCTIONS,
     LEVELS,
-    apply_numerical,
+    numerical_diagonal,
     pair_diagonal,
     pair_matrix,
 )
-from core.kernels.state import KernelState
+from core.kernels.rules import Context, PairState, activation_rule
 from tests.core.kernels_testlib import (
     activation_functions,
     gaussian_pair_samples,
@@ -234,12 +234,12 @@ def test_quadrature_matches_monte_carlo(name: str) -> None:
     rng = np.random.default_rng(len(name))
     for c in ((1.0, 1.0, 0.3), (0.5, 2.5, -0.8), (7.0, 5.0, 5.5)):
         u, v = gaussian_pair_samples(*c, 400_000, rng)
-        state = KernelState(np.array([c[0]]), np.array([c[1]]), np.array([[c[2]]]), np.ones((1, 1)), None)
-        out = apply_numerical(state, Activation(name))
+        ctx = Context("ntk", lambda state, c=c: (np.array([[c[0]]]), np.array([[c[1]]])), False)
+        out = activation_rule(PairState(np.array([[c[2]]]), np.ones((1, 1)), 0, None), Activation(name), ctx)
         for value, samples in (
             (out.nngp[0, 0], phi(u) * phi(v)),
             (out.ntk[0, 0], dphi(u) * dphi(v)),
-            (out.cov1[0], phi(u) ** 2),
+            (numerical_diagonal(name, np.array([c[0]]))[0], phi(u) ** 2),
         ):
             mean, se = mean_and_se(samples)
             assert abs(value - mean) <= 5 * se + 1e-9
