@@ -11,6 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: Most multiply-adds (``engine.pair_work`` per example pair) of one Gram tile of a network with
+#: spatial inputs: a few seconds of one worker (about 1–2·10⁸ multiply-adds/s on one core), so a
+#: cancelled job stops within about one tile. Memory does not bound these tiles: the engine works
+#: on its own blocks of ``BLOCK_ENTRIES`` whatever the tile.
+TILE_WORK = 10**9
+
 
 @dataclass(frozen=True, slots=True)
 class Tile:
@@ -56,6 +62,11 @@ def choose_tile(n: int, d: int, n_outputs: int, itemsize: int, budget_bytes: int
     while tile > smallest and tile_working_bytes(tile, d, n_outputs, itemsize) > budget_bytes:
         tile //= 2
     return n if n <= tile else tile
+
+
+def work_tile(pair_work: float, budget: float = TILE_WORK) -> int:
+    """The most tile rows ``t`` with ``t² · pair_work ≤ budget`` (at least 1)."""
+    return max(1, math.isqrt(int(budget // max(pair_work, 1))))
 
 
 def tile_count(n1: int, n2: int | None, tile: int) -> int:

@@ -61,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        # one schema per model (requests and responses share the kernel specification): no
+        # "-Input"/"-Output" twins in generated SDKs
+        separate_input_output_schemas=False,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

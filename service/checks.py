@@ -26,24 +26,47 @@ def check_features(x1: np.ndarray, x2: np.ndarray | None, names: tuple[str, str]
         raise invalid(["body", names[1]], f"{names[1]} has {second} {what} but {names[0]} has {first}")
 
 
-def check_inputs(settings: Settings, spec: KernelSpec, x: np.ndarray, name: str, n_other: int | None = None) -> None:
-    """``x`` fits ``spec``: a rank the kernel takes, a network that fits its rows (422 naming the
-    layer), and a work estimate within ``max_kernel_work`` for ``len(x) × n_other`` pairs (413)."""
-    ranks = input_ranks(spec)
-    if x.ndim not in ranks:
+def check_shape(spec: KernelSpec, x: Any, name: str) -> None:
+    """``x`` fits ``spec``: a rank the kernel takes (422 at ``name``) and a network that fits rows of
+    ``x``'s shape (422 at ``kernel``, naming the layer). ``x`` needs only ``ndim`` and ``shape``
+    (jobs pass their datasets' metadata)."""
+    if x.ndim not in input_ranks(spec):
+        if isinstance(spec, Network):
+            raise invalid(["body", name], f"{name} has rank {x.ndim} (shape {list(x.shape)}); network kernels take "
+                          "n × d, n × L × C or n × H × W × C inputs")
         raise invalid(["body", name], f"{name} has rank {x.ndim}, but this kernel takes n × d inputs only "
                       "(n × L × C and n × H × W × C inputs are for network kernels)")
+    if isinstance(spec, Network):
+        try:
+            trace(spec, x.shape[1:])
+        except ValueError as exc:
+            raise invalid(["body", "kernel"], str(exc)) from None
+
+
+def check_work(settings: Settings, spec: KernelSpec, feature_shape: tuple[int, ...], pairs: int, what: str,
+               advice: str | None = None) -> None:
+    """Refuse (413) a synchronous network kernel over ``pairs`` example pairs whose estimated work
+    (``engine.pair_work``) is over ``max_kernel_work``."""
     if not isinstance(spec, Network):
         return
-    try:
-        trace(spec, x.shape[1:])
-    except ValueError as exc:
-        raise invalid(["body", "kernel"], str(exc)) from None
-    pairs = x.shape[0] * (x.shape[0] if n_other is None else n_other)
-    work = pairs * pair_work(spec, x.shape[1:])
+    work = pairs * pair_work(spec, feature_shape)
     if work > settings.max_kernel_work:
-        raise too_large("max_kernel_work", f"this network on {pairs} example pairs is about {work:.3g} "
-                        f"multiply-adds, over {settings.max_kernel_work:.3g}")
+        raise too_large("max_kernel_work", f"this network on {what} is about {work:.3g} multiply-adds, over "
+                        f"{settings.max_kernel_work:.3g}", *(() if advice is None else (advice,)))
+
+
+def check_inputs(settings: Settings, spec: KernelSpec, x: np.ndarray, name: str, n_other: int | None = None) -> None:
+    """``check_shape``, then ``check_work`` for ``len(x) × n_other`` pairs (``None``: ``x`` with itself)."""
+    check_shape(spec, x, name)
+    pairs = x.shape[0] * (x.shape[0] if n_other is None else n_other)
+    check_work(settings, spec, x.shape[1:], pairs, f"{pairs} example pairs")
+
+
+def check_prediction_work(settings: Settings, spec: KernelSpec, x_test: np.ndarray, n_train: int) -> None:
+    """``check_work`` for ``n_test × n_train`` pairs (there is no prediction job: the advice is
+    smaller batches of test points)."""
+    check_work(settings, spec, x_test.shape[1:], x_test.shape[0] * n_train,
+               f"{x_test.shape[0]} test × {n_train} training points", "Send the test points in smaller batches.")
 
 
 def check_result_size(settings: Settings, n1: int, n2: int, count: int) -> None:

@@ -1,13 +1,15 @@
 """Safe NumPy ``.npy`` encoding and decoding. Nothing is ever unpickled.
 
 Accepted uploads: format versions 1.0–3.0, dtype float32 or float64 (either byte order,
-converted to native), 1-d or 2-d, at least one entry, all values finite, and exactly as
-many data bytes as the header promises.
+converted to native), 1-d to 4-d (vectors, ``n × d`` matrices, and ``n × L × C`` or
+``n × H × W × C`` inputs of convolutional networks), at least one entry, all values finite, and
+exactly as many data bytes as the header promises.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,8 @@ from service.problems import ProblemError
 NPY_MEDIA_TYPE = "application/x-npy"
 _MAX_HEADER = 64 * 1024
 _ALLOWED = {np.dtype("<f4"), np.dtype("<f8"), np.dtype(">f4"), np.dtype(">f8")}
+#: Array ranks an upload may have (targets 1–2, inputs 2–4).
+NPY_RANKS = (1, 2, 3, 4)
 
 
 def bad_npy(msg: str) -> ProblemError:
@@ -36,7 +40,7 @@ class NpyHeader:
 
     @property
     def data_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: a hostile shape cannot wrap around
 
 
 def parse_header(prefix: bytes) -> NpyHeader:
@@ -62,8 +66,9 @@ def parse_header(prefix: bytes) -> NpyHeader:
         raise bad_npy(f".npy header is truncated or malformed: {exc}") from None
     if dtype not in _ALLOWED:
         raise bad_npy(f".npy dtype {dtype.str} is not allowed; use float32 or float64 (no object or structured dtypes)")
-    if len(shape) not in (1, 2):
-        raise bad_npy(f".npy array has {len(shape)} dimensions; send a 1-d vector or 2-d matrix")
+    if len(shape) not in NPY_RANKS:
+        raise bad_npy(f".npy array has {len(shape)} dimensions; send a 1-d vector, a 2-d matrix (n × d) or "
+                      "3-d/4-d inputs of a convolutional network (n × L × C, n × H × W × C)")
     if any(s == 0 for s in shape):
         raise bad_npy(f".npy array of shape {list(shape)} is empty")
     return NpyHeader(dtype=dtype, shape=tuple(int(s) for s in shape), fortran_order=bool(fortran), offset=fp.tell())

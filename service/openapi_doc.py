@@ -48,7 +48,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes,
-        tags=app.openapi_tags,
+        tags=app.openapi_tags, separate_input_output_schemas=app.separate_input_output_schemas,
     )
     for methods in schema.get("paths", {}).values():
         for operation in methods.values():

@@ -4,6 +4,7 @@ plan — everything the runner needs, also after a restart."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from core.tiling import choose_tile, tile_count, tile_working_bytes
-from service.checks import check_layers, check_trajectory_options, resolve_which
+from core.kernels.engine import pair_work
+from core.kernels.shapes import is_chain
+from core.kernels.spec import KernelSpec, Network
+from core.tiling import choose_tile, tile_count, tile_working_bytes, work_tile
+from service.checks import check_features, check_layers, check_shape, check_trajectory_options, resolve_which
 from service.matrices import resolve_outputs
 from service.problems import ProblemError, invalid, too_large
 from service.schemas.jobs import FitJob, GramJob, TrajectoryJob
@@ -23,14 +27,16 @@ from service.storage.models import new_model_id
 from service.storage.state import Storage
 
 
-def _dataset(store: Storage, owner: str, field: str, dataset_id: str | None, ndim: tuple[int, ...] = (2,)
+def _dataset(store: Storage, owner: str, field: str, dataset_id: str | None, ndim: tuple[int, ...] | None = None
              ) -> Dataset | None:
+    """The caller's dataset ``dataset_id`` (422 at ``field`` if absent, or not of a rank in ``ndim``;
+    inputs leave ``ndim`` out and are checked against the kernel by ``check_shape``)."""
     if dataset_id is None:
         return None
     dataset = store.datasets.get(owner, dataset_id)
     if dataset is None:
         raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
-    if len(dataset.shape) not in ndim:
+    if ndim is not None and len(dataset.shape) not in ndim:
         raise invalid(["body", field], f"{field} must be a {' or '.join(f'{n}-d' for n in ndim)} array, "
                       f"dataset {dataset_id} has shape {list(dataset.shape)}")
     return dataset
@@ -39,6 +45,25 @@ def _dataset(store: Storage, owner: str, field: str, dataset_id: str | None, ndi
 def _shaped(dataset: Dataset | None) -> np.ndarray | None:
     """A zero-memory stand-in with the dataset's shape (for the shared shape checks)."""
     return None if dataset is None else np.broadcast_to(np.zeros(()), dataset.shape)
+
+
+def _check_device(spec: KernelSpec, device: str, row_shape: tuple[int, ...]) -> None:
+    """GPU workers run fully connected chains on ``n × d`` inputs only (the CuPy path)."""
+    if device == "gpu" and isinstance(spec, Network) and (len(row_shape) > 1 or not is_chain(spec)):
+        raise invalid(["body", "device"], "this network runs on CPU workers only: the GPU path covers fully "
+                      "connected chains (dense layers and activations) on n × d inputs; convolutional, pooling, "
+                      "layer_norm and branching networks run with device \"cpu\"")
+
+
+def gram_tile_rows(spec: KernelSpec, n: int, row_shape: tuple[int, ...], n_outputs: int, itemsize: int,
+                   budget_bytes: int) -> int:
+    """Rows of a Gram job's square tiles: the memory budget's tile (``choose_tile``, ≥ 3 tiles so two
+    workers share even a small job) and, for networks on spatial inputs, at most
+    ``work_tile(pair_work)`` rows, so that one tile is a few seconds of work (``TILE_WORK``)."""
+    tile = choose_tile(n, math.prod(row_shape), n_outputs, itemsize, budget_bytes, row_blocks=2)
+    if isinstance(spec, Network) and len(row_shape) > 1:
+        tile = min(tile, work_tile(pair_work(spec, row_shape)))
+    return tile
 
 
 def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Storage) -> dict[str, str | None]:
@@ -74,17 +99,20 @@ def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, fol
     x1 = _dataset(store, owner, "x1", body.x1)
     x2 = _dataset(store, owner, "x2", body.x2)
     assert x1 is not None
-    if x2 is not None and x2.shape[1] != x1.shape[1]:
-        raise invalid(["body", "x2"], f"x2 has {x2.shape[1]} features but x1 has {x1.shape[1]}")
-    n1, d = x1.shape
+    check_features(_shaped(x1), _shaped(x2))
+    check_shape(spec, _shaped(x1), "x1")
+    row_shape = x1.shape[1:]
+    _check_device(spec, body.device, row_shape)
+    n1, features = x1.shape[0], math.prod(row_shape)
     n2 = None if x2 is None else x2.shape[0]
     itemsize = np.dtype(body.dtype).itemsize
     _check_disk(settings, n1 * (n2 or n1) * len(outputs) * itemsize)
-    tile = settings.job_tile or choose_tile(max(n1, n2 or 0), d, len(outputs), itemsize, settings.job_tile_bytes,
-                                            row_blocks=2)  # ≥ 3 tiles: two workers share even a small job
-    if tile_working_bytes(min(tile, n1), d, len(outputs), itemsize) > settings.job_tile_bytes and not settings.job_tile:
-        raise too_large("job_tile_bytes", f"one tile of {d}-feature rows needs more than {settings.job_tile_bytes} "
-                        "bytes", "Raise the limit or reduce the number of features.")
+    tile = settings.job_tile or gram_tile_rows(spec, max(n1, n2 or 0), row_shape, len(outputs), itemsize,
+                                               settings.job_tile_bytes)
+    if tile_working_bytes(min(tile, n1), features, len(outputs), itemsize) > settings.job_tile_bytes \
+            and not settings.job_tile:
+        raise too_large("job_tile_bytes", f"one tile of {features}-feature rows needs more than "
+                        f"{settings.job_tile_bytes} bytes", "Raise the limit or reduce the number of features.")
     paths = _link_inputs(folder, {"x1": x1, "x2": x2}, store)
     return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
             "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
@@ -117,6 +145,8 @@ def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob |
                 "y_train": _dataset(store, owner, "y_train", body.y_train, (1, 2))}
     x, y = datasets["x_train"], datasets["y_train"]
     assert x is not None and y is not None
+    check_shape(spec, _shaped(x), "x_train")
+    _check_device(spec, body.device, x.shape[1:])
     if y.shape[0] != x.shape[0]:
         raise invalid(["body", "y_train"], f"y_train has {y.shape[0]} rows but x_train has {x.shape[0]}")
     if x.shape[0] > settings.max_job_train_size:

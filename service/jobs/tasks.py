@@ -67,6 +67,7 @@ def load_input(path: str) -> np.ndarray:
 
 
 def _rows(array: np.ndarray, start: int, stop: int, dtype: np.dtype, device: str) -> Any:
+    """Rows ``start:stop`` of a memory-mapped input of any rank (``n × d``, ``n × L × C``, ``n × H × W × C``)."""
     block = np.array(array[start:stop], dtype=dtype)
     if not np.isfinite(block).all():
         raise _fail(f"input rows {start}:{stop} contain NaN or Infinity")

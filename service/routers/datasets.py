@@ -46,7 +46,8 @@ def _created(dataset: Dataset) -> Response:
 @router.post(
     "/datasets", operation_id="createDataset", status_code=201, response_model=DatasetOut,
     openapi_extra={"requestBody": {"required": True, "description": "One array saved with numpy.save "
-                                   "(float32/float64, 1-d or 2-d, finite).",
+                                   "(float32/float64, 1-d to 4-d, finite): targets, n × d inputs, or "
+                                   "n × L × C / n × H × W × C inputs of convolutional networks.",
                                    "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def create_dataset(

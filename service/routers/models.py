@@ -11,6 +11,8 @@ from core.kernels.spec import KernelSpec as CoreKernelSpec
 from service.auth import Owner
 from service.checks import (
     check_features,
+    check_inputs,
+    check_prediction_work,
     check_training_set,
     check_trajectory_options,
     resolve_which,
@@ -135,6 +137,7 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
     model = await run_compute(request, _get, request, owner, model_id)
     check_features(model.x_train, body.x_test, ("x_train", "x_test"))
     settings = request.app.state.settings
+    check_prediction_work(settings, _spec(model), body.x_test, model.x_train.shape[0])
     entries = body.x_test.shape[0] * model.fit.n_outputs
     if entries > settings.max_result_entries:
         raise too_large("max_result_entries", f"{entries} predictions is over {settings.max_result_entries}")
@@ -149,6 +152,8 @@ async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Requ
     """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept)."""
     model = await run_compute(request, _get, request, owner, model_id)
     check_trajectory_options(request.app.state.settings, body, model.x_train, model.fit.n_outputs)
+    if body.x_test is not None:  # the test × training kernel (the training one exists already)
+        check_inputs(request.app.state.settings, _spec(model), body.x_test, "x_test", model.x_train.shape[0])
     fitted = model.fit
     y = fitted.y[:, 0] if fitted.y_was_1d else fitted.y
     basis = await run_compute(request, model.basis)

@@ -6,7 +6,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from service.auth import Owner
-from service.checks import check_training_set, check_trajectory_options, resolve_which
+from service.checks import check_inputs, check_training_set, check_trajectory_options, resolve_which
 from service.compute import run_compute
 from service.learning import one_shot_trajectory, trajectory_body
 from service.responses import ORJSONResponse
@@ -29,5 +29,7 @@ async def compute_trajectory(body: TrajectoryRequest, request: Request, _owner: 
     check_training_set(settings, spec, body.x_train, body.y_train)
     n_outputs = 1 if body.y_train.ndim == 1 else body.y_train.shape[1]
     check_trajectory_options(settings, body, body.x_train, n_outputs)
+    if body.x_test is not None:  # the test × training kernel, beside the training one
+        check_inputs(settings, spec, body.x_test, "x_test", body.x_train.shape[0])
     result = await run_compute(request, one_shot_trajectory, spec, which, body)
     return ORJSONResponse(trajectory_body(result))

@@ -68,7 +68,7 @@ def _pickled() -> bytes:
         (npy_bytes(np.ones((2, 2)))[:20], "header truncated"),
         (npy_bytes(np.array([1.0, np.nan])), "NaN or Infinity"),
         (npy_bytes(np.array([np.inf], np.float32)), "NaN or Infinity"),
-        (npy_bytes(np.ones((2, 2, 2))), "3 dimensions"),
+        (npy_bytes(np.ones((2, 1, 2, 2, 2))), "5 dimensions"),
         (npy_bytes(np.ones(3, np.int64)), "float32 or float64"),
         (npy_bytes(np.zeros((0, 3))), "empty"),
         (npy_bytes(np.zeros(3, dtype=[("a", "<f8")])), "not allowed"),

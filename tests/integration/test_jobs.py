@@ -152,7 +152,7 @@ async def test_job_requests_are_validated(client: httpx.AsyncClient) -> None:
     cases = [
         ({"type": "gram", "kernel": NETWORK, "x1": "ds_" + "0" * 24}, "no dataset"),
         ({"type": "gram", "kernel": NETWORK, "x1": x_id, "x2": other}, "x2 has 4 features but x1 has 3"),
-        ({"type": "gram", "kernel": NETWORK, "x1": vector}, "must be a 2-d array"),
+        ({"type": "gram", "kernel": NETWORK, "x1": vector}, "x1 has rank 1"),
         ({"type": "fit", "kernel": NETWORK, "x_train": x_id, "y_train": vector}, "y_train has 7 rows but x_train has 10"),
         ({"type": "gram", "kernel": NETWORK, "x1": x_id, "outputs": ["kernel"]}, "unknown output"),
         ({"type": "mystery", "x1": x_id}, "does not match any of the expected tags"),
@@ -162,6 +162,73 @@ async def test_job_requests_are_validated(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/jobs", json={"type": "gram", "kernel": NETWORK, "x1": x_id, "device": "gpu"})
     assert_problem(response, 503)
     assert int(response.headers["retry-after"]) > 0
+
+
+CONV = {"type": "network", "layers": [
+    {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "w_std": 1.4, "b_std": 0.1}, {"type": "relu"},
+    {"type": "conv", "filter_shape": [2, 2], "strides": [2, 2], "w_std": 1.3}, {"type": "relu"},
+    {"type": "global_avg_pool"}, {"type": "dense", "b_std": 0.1}]}
+CONV1D = {"type": "network", "layers": [{"type": "conv", "filter_shape": [3], "padding": "CIRCULAR"}, {"type": "erf"},
+                                        {"type": "flatten"}, {"type": "dense"}]}
+
+
+async def test_convolutional_gram_jobs_equal_the_synchronous_kernel(client: httpx.AsyncClient) -> None:
+    images = RNG.normal(size=(40, 6, 6, 2))  # 40 rows, tiles of 32: three tiles, one off the diagonal
+    job = await submit(client, {"type": "gram", "kernel": CONV, "x1": await upload(client, images),
+                                "outputs": ["ntk", "nngp"]})
+    sequences, others = RNG.normal(size=(35, 5, 3)), RNG.normal(size=(9, 5, 3))
+    rectangular = await submit(client, {"type": "gram", "kernel": CONV1D, "x1": await upload(client, sequences),
+                                        "x2": await upload(client, others), "outputs": ["ntk"], "dtype": "float32"})
+    assert (await wait_for(client, job["id"]))["status"] == "succeeded"
+    sync = (await client.post("/v1/kernels", json={"kernel": CONV, "x1": images.tolist(),
+                                                   "outputs": ["ntk", "nngp"]})).json()["results"]
+    np.testing.assert_allclose(load_npy(await client.get(f"/v1/jobs/{job['id']}/result")), sync["ntk"], rtol=1e-12)
+    block = load_npy(await client.get(f"/v1/jobs/{job['id']}/result", params={"rows": "30:40", "output": "nngp"}))
+    np.testing.assert_allclose(block, np.array(sync["nngp"])[30:40], rtol=1e-12)
+
+    assert (await wait_for(client, rectangular["id"]))["status"] == "succeeded"
+    matrix = load_npy(await client.get(f"/v1/jobs/{rectangular['id']}/result"))
+    assert matrix.dtype == np.float32 and matrix.shape == (35, 9)
+    sync = (await client.post("/v1/kernels", json={"kernel": CONV1D, "x1": sequences.tolist(),
+                                                   "x2": others.tolist(), "outputs": ["ntk"]})).json()["results"]
+    np.testing.assert_allclose(matrix, sync["ntk"], rtol=1e-4)
+
+
+async def test_fit_and_trajectory_jobs_on_images(client: httpx.AsyncClient) -> None:
+    x, xt = RNG.normal(size=(12, 4, 4, 2)), RNG.normal(size=(5, 4, 4, 2))
+    y = np.stack([x[:, 0, 0, 0], np.cos(x[:, 1, 1, 1])], axis=1)
+    ids = {name: await upload(client, a) for name, a in {"x": x, "y": y, "xt": xt}.items()}
+    fit = await submit(client, {"type": "fit", "kernel": CONV, "x_train": ids["x"], "y_train": ids["y"],
+                                "ridge": 0.01})
+    options = {"times": [0.5, 4.0], "ridge": 0.01}
+    traj = await submit(client, {"type": "trajectory", "kernel": CONV, "x_train": ids["x"], "y_train": ids["y"],
+                                 "x_test": ids["xt"]} | options)
+    assert (await wait_for(client, fit["id"]))["status"] == "succeeded"
+    model = (await client.get(f"/v1/jobs/{fit['id']}/result")).json()
+    assert model["n_train"] == 12 and model["n_outputs"] == 2
+    predict = {"x_test": xt.tolist(), "time": 4.0, "variance": True}
+    job_prediction = (await client.post(f"/v1/models/{model['id']}/predictions", json=predict)).json()
+    sync = (await client.post("/v1/models", json={"kernel": CONV, "x_train": x.tolist(), "y_train": y.tolist(),
+                                                  "ridge": 0.01})).json()
+    sync_prediction = (await client.post(f"/v1/models/{sync['id']}/predictions", json=predict)).json()
+    for key in ("mean", "variance"):
+        np.testing.assert_allclose(job_prediction[key], sync_prediction[key], rtol=1e-10, atol=1e-14)
+
+    assert (await wait_for(client, traj["id"]))["status"] == "succeeded"
+    result = (await client.get(f"/v1/jobs/{traj['id']}/result")).json()
+    direct = (await client.post("/v1/trajectories", json={"kernel": CONV, "x_train": x.tolist(),
+                                                          "y_train": y.tolist(), "x_test": xt.tolist()} | options))
+    np.testing.assert_allclose(result["test_predictions"], direct.json()["test_predictions"], rtol=1e-10)
+    np.testing.assert_allclose(result["test_predictions"][1], job_prediction["mean"], rtol=1e-10)
+
+
+async def test_convolutional_jobs_on_gpu_are_422_not_503(client: httpx.AsyncClient) -> None:
+    images = await upload(client, RNG.normal(size=(6, 4, 4, 2)).astype(np.float32))
+    y = await upload(client, RNG.normal(size=6))
+    for body in ({"type": "gram", "kernel": CONV, "x1": images, "device": "gpu"},
+                 {"type": "fit", "kernel": CONV, "x_train": images, "y_train": y, "device": "gpu"}):
+        problem = assert_problem(await client.post("/v1/jobs", json=body), 422)
+        assert problem["errors"][0]["loc"] == ["body", "device"] and "CPU workers" in problem["detail"]
 
 
 async def test_idempotent_job_creation(client: httpx.AsyncClient) -> None:
