@@ -7,16 +7,7 @@ and, keyed by the same ``type``, its rules: the infinite-width rule on a ``PairS
 The service derives its pydantic schemas (and so the OpenAPI document) from ``LAYER_KINDS``;
 ``validate_layer`` checks the same ranges for callers of ``core`` directly.
 
-Adding a layer
---------------
-1. a frozen dataclass in ``spec.py`` (its fields in contract units);
-2. its infinite-width rule in ``rules.py`` (``PairState → PairState``; spatial helpers in
-   ``spatial.py``) and its shape/Gaussianity rule in ``shapes.py``;
-3. its finite-width forward/backward in ``core/empirical/layers.py``;
-4. one ``LayerKind`` entry below;
-5. tests: a Monte Carlo check in ``tests/core/test_kernels_architectures.py`` and, where
-   neural-tangents has the layer, a fixture case (``tests/fixtures/neural_tangents``).
-``tests/core/test_layer_registry.py`` fails while a registered kind lacks one of its forms.
+Adding a layer: see ``core/kernels/__init__.py``.
 """
 
 from __future__ import annotations
