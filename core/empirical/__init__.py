@@ -1,8 +1,12 @@
 """Finite-width networks and their exact empirical NTK / NNGP (pure numpy).
 
 - :mod:`core.empirical.activations`: φ and φ' for every activation name.
+- :mod:`core.empirical.layers`: the finite-width forward pass and VJP of every layer kind of
+  the registry (``FINITE``: dense, conv, pooling, flatten, layer_norm, branches, activations)
+  on NHWC arrays.
 - :mod:`core.empirical.network`: architecture, parameters from a seed, forward pass, VJP,
-  flatten/unflatten and norms (for gradient-descent training).
+  flatten/unflatten and norms (for gradient-descent training); inputs ``(n, d)``,
+  ``(n, L, C)`` or ``(n, H, W, C)``.
 - :mod:`core.empirical.ntk`: ``⟨∇θ f(x), ∇θ f(x')⟩`` without per-example Jacobians, and the
   size estimates the service uses to refuse too-large requests.
 - :mod:`core.empirical.training`: the lazy-training experiment (a finite network trained by

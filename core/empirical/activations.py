@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import special
 
+from core.kernels.quadrature import FUNCTIONS
 from core.kernels.spec import Activation
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -63,25 +64,6 @@ def _gelu_d(x: np.ndarray, _: float) -> np.ndarray:
     return special.ndtr(x) + x * (_INV_SQRT_2PI * np.exp(-0.5 * x * x))
 
 
-def _tanh_d(x: np.ndarray, _: float) -> np.ndarray:
-    t = np.tanh(x)
-    return 1 - t * t
-
-
-def _sigmoid_d(x: np.ndarray, _: float) -> np.ndarray:
-    s = special.expit(x)
-    return s * (1 - s)
-
-
-def _swish(x: np.ndarray, _: float) -> np.ndarray:
-    return x * special.expit(x)
-
-
-def _swish_d(x: np.ndarray, _: float) -> np.ndarray:
-    s = special.expit(x)
-    return s + x * s * (1 - s)
-
-
 _TABLE: dict[str, tuple[_Fn, _Fn]] = {
     "relu": (_relu, _relu_d),
     "leaky_relu": (_leaky, _leaky_d),
@@ -91,10 +73,8 @@ _TABLE: dict[str, tuple[_Fn, _Fn]] = {
     "gelu": (_gelu, _gelu_d),
     "sin": (lambda x, _: np.sin(x), lambda x, _: np.cos(x)),
     "identity": (lambda x, _: x.copy(), lambda x, _: np.ones_like(x)),
-    "tanh": (lambda x, _: np.tanh(x), _tanh_d),
-    "sigmoid": (lambda x, _: special.expit(x), _sigmoid_d),
-    "softplus": (lambda x, _: np.logaddexp(0, x), lambda x, _: special.expit(x)),
-    "swish": (_swish, _swish_d),
+    # the numerical activations: the same φ, φ' as their dual kernels (core.kernels.quadrature)
+    **{name: (lambda x, _, f=f: f(x), lambda x, _, d=d: d(x)) for name, (f, d) in FUNCTIONS.items()},
 }
 
 #: Every activation name this module knows.

@@ -1,8 +1,10 @@
 """The lazy-training experiment: a real finite network trained by gradient descent, side by side
 with what the neural tangent kernel predicts for the same steps (``/v1/experiments/lazy-training``).
 
-Setup (scalar-output networks, so ``k = 1``). The network of a ``Network`` or ``TwoLayerRelu``
-spec at hidden width ``width`` is drawn from ``seed`` (:func:`core.empirical.init_params`) and
+Setup (scalar-output networks, so ``k = 1``). The network of a ``Network`` (any architecture of
+:mod:`core.empirical.layers`, inputs ``(n, d)``, ``(n, L, C)`` or ``(n, H, W, C)``) or
+``TwoLayerRelu`` spec (``(n, d)``) at hidden width ``width`` (channels for conv layers) is drawn
+from ``seed`` (:func:`core.empirical.init_params`) and
 trained by full-batch gradient descent on the data term of the API's trajectory loss
 
     L(θ) = (1/2N) Σ_i (f_θ(x_i) − y_i)²,   θ_{s+1} = θ_s − η ∇L(θ_s) = θ_s − (η/N) Σ_i r_i ∇θ f(x_i),
@@ -28,7 +30,7 @@ relative to their size, and the gap between the network and ``ntk_from_network_i
 
 Cost. Training runs ``max(steps)`` steps, each one forward pass (:func:`apply`) and one
 vector–Jacobian product (:func:`gradients`: a forward and a backward pass): ``O(n·P)`` with
-``P`` the parameter count. Each reported step adds one exact empirical NTK on the training points
+``P`` the parameter count (``O(n·Σ positions·P_layer)`` for conv nets). Each reported step adds one exact empirical NTK on the training points
 (``O(n·P + n²·width)`` for one hidden width, ``O(n·P + n²·Σ widths)`` deeper) and a forward pass
 on the test points: the costly part when many steps are reported. The infinite-width side costs
 one Gram matrix, one ``eigh`` (``O(n³)``) and ``O(n²)`` per reported step.
@@ -61,12 +63,15 @@ from core.empirical.network import (
     as_inputs,
     gradients,
     init_params,
+    input_ranks,
     parameter_count,
     params_distance,
     params_norm,
 )
-from core.empirical.ntk import kernels_from_params, working_memory_entries
+from core.empirical.ntk import forward_work, kernels_from_params, ntk_work, working_memory_entries
 from core.kernels import gram, layer_widths_applied
+from core.kernels.engine import pair_work
+from core.kernels.shapes import is_chain
 from core.kernels.spec import Network
 
 __all__ = [
@@ -240,12 +245,13 @@ def lazy_training(
     lr = _check_learning_rate(learning_rate)
     seed = _check_seed(seed)
     normalization_count(1, normalization)  # validates the name
-    x = as_inputs(x_train, dt, name="x_train")
-    n, d = x.shape
-    arch = architecture(spec, d, width)  # validates spec and width
+    ranks = input_ranks(spec)
+    x = as_inputs(x_train, dt, name="x_train", ranks=ranks)
+    n, d = x.shape[0], x.shape[1:]  # d: the row shape
+    arch = architecture(spec, d, width)  # validates spec, width and the fit to the input
     width = arch.width
     y = _check_targets(y_train, n, "y_train")
-    xt = None if x_test is None else as_inputs(x_test, dt, d, name="x_test")
+    xt = None if x_test is None else as_inputs(x_test, dt, d, name="x_test", ranks=ranks)
     if y_test is not None and xt is None:
         raise ValueError("y_test needs x_test")
     yt = None if y_test is None else _check_targets(y_test, xt.shape[0], "y_test")
@@ -374,23 +380,27 @@ def lazy_training_work(
     spec: EmpiricalSpec,
     n_train: int,
     n_test: int,
-    d: int,
+    d: int | Sequence[int],
     width: int,
     n_steps: int,
     n_reported: int | None = None,
 ) -> int:
     """Estimated multiply-adds of :func:`lazy_training` (a time measure; within a small factor).
 
-    ``n_steps`` is ``max(steps)`` (gradient-descent steps run), ``n_reported`` the number of
-    reported steps (default ``min(n_steps + 1, MAX_REPORTED_STEPS)``, the most there can be).
-    With ``M = Σ fan_in·fan_out`` over the dense layers (≈ the parameter count):
+    ``d`` is the input's row shape (an int for ``n × d``), ``n_steps`` is ``max(steps)``
+    (gradient-descent steps run), ``n_reported`` the number of reported steps (default
+    ``min(n_steps + 1, MAX_REPORTED_STEPS)``, the most there can be). With ``M`` the multiply-adds
+    of one forward pass per example (``Σ fan_in·fan_out`` over the dense layers of a fully
+    connected network, ≈ the parameter count; × output positions for conv and dense on positions):
 
     - per training step ``4·n_train·M`` (a forward pass, then a forward and a backward pass with
       the weight gradients);
-    - per reported step an empirical NTK, ``3·n_train·M + n_train²·Σ_l (fan_in_l + fan_out_l)``
-      (its Gram products), and ``n_test·M`` for the test outputs;
-    - once: the infinite-width Gram matrices ``(n_train² + n_train·n_test)·(layers + 1)·32``
-      and ``4·n_train³`` for the eigendecomposition and projections.
+    - per reported step an empirical NTK, ``3·n_train·M`` plus its per-layer products
+      (:func:`core.empirical.ntk.ntk_work`: ``n_train²·Σ_l (fan_in_l + fan_out_l)`` for a fully
+      connected network), and ``n_test·M`` for the test outputs;
+    - once: the infinite-width Gram matrices, ``(n_train² + n_train·n_test)`` pairs at
+      ``(layers + 1)·32`` each for fully connected chains, else the larger of that and
+      ``core.kernels.engine.pair_work``; and ``4·n_train³`` for the eigendecomposition.
 
     Raises ``ValueError`` for an invalid spec or sizes.
     """
@@ -403,16 +413,20 @@ def lazy_training_work(
         raise ValueError(f"n_reported must be a positive integer, got {n_reported!r}")
     arch = architecture(spec, d, width)
     n, m = int(n_train), int(n_test)
-    macs = sum(s.fan_in * s.fan_out for s in arch.stages)
-    gram_width = sum(s.fan_in + s.fan_out for s in arch.stages)
+    macs = forward_work(arch)
     layers = len(spec.layers) if isinstance(spec, Network) else 3
+    per_pair = (layers + 1) * 32
+    if isinstance(spec, Network) and (len(arch.feature_shape) > 1 or not is_chain(spec)):
+        per_pair = max(per_pair, pair_work(spec, arch.feature_shape))
     per_step = 4 * n * macs
-    per_report = 3 * n * macs + n * n * gram_width + m * macs
-    once = (n * n + n * m) * (layers + 1) * 32 + 4 * n**3
+    per_report = 3 * n * macs + ntk_work(arch, n, n) + m * macs
+    once = (n * n + n * m) * per_pair + 4 * n**3
     return int(n_steps) * per_step + int(n_reported) * per_report + once
 
 
-def lazy_training_memory_entries(spec: EmpiricalSpec, n_train: int, n_test: int, d: int, width: int) -> int:
+def lazy_training_memory_entries(
+    spec: EmpiricalSpec, n_train: int, n_test: int, d: int | Sequence[int], width: int
+) -> int:
     """Estimated float entries held at peak by :func:`lazy_training` (multiply by the itemsize).
 
     Three parameter-sized arrays (``θ_0``, ``θ_s`` and the gradient) plus the peak of one

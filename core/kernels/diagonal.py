@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from core.kernels.engine import network_diagonal
+from core.kernels.geometry import row_sq_norms
 from core.kernels.gram import as_inputs, input_ranks
 from core.kernels.spec import KernelSpec, Linear, Network, Polynomial, TwoLayerRelu, resolve_outputs, validate_spec
-from core.kernels.geometry import row_sq_norms
 from core.kernels.two_layer import TWO_LAYER_NETWORK
 
 

@@ -49,6 +49,7 @@ from core.kernels.fused import (
     Program,
     activation_opcode,
 )
+from core.kernels.geometry import row_sq_norms
 from core.kernels.quadrature import FUNCTIONS, pair_matrix
 from core.kernels.rules import dense_constants, require_fan_in
 from core.kernels.shapes import is_chain, trace
@@ -64,7 +65,6 @@ from core.kernels.spec import (
     resolve_outputs,
     validate_spec,
 )
-from core.kernels.geometry import row_sq_norms
 from core.kernels.two_layer import TWO_LAYER_NETWORK
 
 Array = Any

@@ -76,7 +76,6 @@ import numpy as np
 from core.backend import array_namespace, to_numpy
 from core.kernels.geometry import correlation, norm_product, split_scale
 from core.kernels.hermite import cross_energy, energy, expansion, series_sums
-from core.kernels.spec import Activation
 
 Array = Any
 Fn = Callable[[Array], Array]

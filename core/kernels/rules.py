@@ -93,12 +93,26 @@ def require_fan_in(width: int | None, position: int) -> int:
 
 
 def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S.Dense | S.Conv,
-            fan_in: int | None, ctx: Context, **changes: Any) -> PairState:
+            fan_in: int | None, ctx: Context, fresh: bool = False) -> PairState:
+    """The affine rule from the (filter-)means of ``nngp`` and ``ntk``; ``fresh``: the means are
+    new arrays this rule may overwrite (conv), else they are the state's own (never mutated)."""
     w2, b2, bias = dense_constants(layer)  # type: ignore[arg-type]
     dt = state.nngp.dtype.type
+    zero = isinstance(mean_ntk, float)  # ntk ≡ 0 before: skip its terms (arrays are never mutated: aliases are safe)
+    if fresh and ctx.parameterization == "ntk":
+        nngp = mean_nngp
+        nngp *= dt(w2)
+        nngp += dt(b2)
+        ntk = mean_ntk
+        if ntk is not None:
+            if zero:
+                ntk = nngp
+            else:
+                ntk *= dt(w2)
+                ntk += nngp
+        return replace(state, nngp=nngp, ntk=ntk, width=layer.width)
     nngp = dt(w2) * mean_nngp + dt(b2)
     ntk = None
-    zero = isinstance(mean_ntk, float)  # ntk ≡ 0 before: skip its terms (arrays are never mutated: aliases are safe)
     if mean_ntk is not None:
         if ctx.parameterization == "ntk":
             ntk = nngp if zero else nngp + dt(w2) * mean_ntk
@@ -106,7 +120,7 @@ def _affine(state: PairState, mean_nngp: Array, mean_ntk: Array | None, layer: S
             ntk = dt(require_fan_in(fan_in, 0)) * mean_nngp + dt(bias)
             if not zero:
                 ntk += dt(w2) * mean_ntk
-    return replace(state, nngp=nngp, ntk=ntk, width=layer.width, **changes)
+    return replace(state, nngp=nngp, ntk=ntk, width=layer.width)
 
 
 def dense_rule(state: PairState, layer: S.Dense, ctx: Context) -> PairState:
@@ -118,7 +132,7 @@ def conv_rule(state: PairState, layer: S.Conv, ctx: Context) -> PairState:
     mean = (lambda a: spatial.conv_mean(a, state.k, layer.filter_shape, strides, layer.padding))
     fan_in = None if state.width is None else state.width * math.prod(layer.filter_shape)
     ntk = state.ntk if state.ntk is None or isinstance(state.ntk, float) else mean(state.ntk)
-    return _affine(state, mean(state.nngp), ntk, layer, fan_in, ctx)
+    return _affine(state, mean(state.nngp), ntk, layer, fan_in, ctx, fresh=True)
 
 
 def conv_on_inputs(x1: Array, x2: Array | None, layer: S.Conv, ctx: Context, want_ntk: bool) -> PairState:
@@ -140,7 +154,7 @@ def conv_on_inputs(x1: Array, x2: Array | None, layer: S.Conv, ctx: Context, wan
         mean = g.reshape(*p1.shape[:-1], *p2.shape[:-1])
     mean /= x1.dtype.type(f_c)
     state = PairState(mean, 0.0 if want_ntk else None, k, c)
-    return _affine(state, mean, state.ntk, layer, c * math.prod(layer.filter_shape), ctx)
+    return _affine(state, mean, state.ntk, layer, c * math.prod(layer.filter_shape), ctx, fresh=True)
 
 
 def _numerical(state: PairState, layer: S.Activation, q_row: Array, q_col: Array, ctx: Context, want: bool):

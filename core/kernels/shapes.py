@@ -13,9 +13,12 @@ neural-tangents refuses:
 - activations, ``layer_norm`` and the ``sum`` merge need Gaussian inputs (neural-tangents'
   ``is_gaussian``): the input itself is not Gaussian, a ``dense``/``conv`` output is, a
   nonlinearity's, ``flatten``'s and a ``product``'s are not; pooling, global pooling,
-  ``layer_norm``, ``identity`` and a ``sum`` of Gaussians keep it. (A ``sum`` merge adds the
-  branch kernels, i.e. treats branches as independent, as neural-tangents does: exact when
-  all but one branch end in fresh weights, as in residual blocks.)
+  ``layer_norm``, ``identity`` and a ``sum`` of Gaussians keep it;
+- merges add (``sum``) or multiply (``product``) the branch kernels, which is exact only for
+  independent branches: all but at most one branch must draw weights of their own (a dense or
+  conv layer), as in residual blocks. neural-tangents accepts ``[[], []]`` or
+  ``[[avg_pool], []]`` and returns the kernel of independent branches (``2K`` for ``z + z``, whose
+  kernel is ``4K``); here they are refused.
 - branches must agree in spatial shape and (when known) width;
 - under ``standard`` parameterization the fan-in of every ``dense``/``conv`` must be known
   (the ``width`` of the previous one).
@@ -128,6 +131,12 @@ def step(shape: Shape, layer: S.Layer, parameterization: str, where: str) -> Sha
             if out.width is not None and first.width is not None and out.width != first.width:
                 raise ValueError(f"{where}: branch {b} ends with width {out.width}, branch 0 with {first.width}: "
                                  "branches must agree to be merged")
+        shared = [b for b, branch in enumerate(layer.branches) if not fresh_weights(branch)]
+        if len(shared) > 1:
+            raise ValueError(f"{where}: branches {shared} carry the same randomness (none has a dense or conv "
+                             "layer of its own), so they are not independent and merging them has no kernel of "
+                             "this form; neural-tangents would silently treat them as independent. Give all but one "
+                             "branch a dense or conv layer (a residual block: [[..., dense], []])")
         if layer.merge == "sum" and len(outs) > 1 and not all(o.gaussian for o in outs):
             bad = [b for b, o in enumerate(outs) if not o.gaussian]
             raise ValueError(f"{where}: a sum merge needs Gaussian branch outputs (each branch ending in a "
@@ -137,6 +146,14 @@ def step(shape: Shape, layer: S.Layer, parameterization: str, where: str) -> Sha
         gaussian = all(o.gaussian for o in outs) and (layer.merge == "sum" or len(outs) == 1)
         return Shape(first.spatial, width, gaussian)
     raise ValueError(f"{where}: not a layer: {layer!r}")
+
+
+def fresh_weights(layers: Sequence[S.Layer]) -> bool:
+    """Whether a branch draws weights of its own (a dense/conv layer, or nested branches that all
+    do): then, in the infinite-width limit, it is independent of its sibling branches."""
+    return any(isinstance(layer, (S.Dense, S.Conv))
+               or (isinstance(layer, S.Branches) and all(fresh_weights(b) for b in layer.branches))
+               for layer in layers)
 
 
 def trace_layers(layers: Sequence[S.Layer], shape: Shape, parameterization: str, where: str = "layers") -> Shape:

@@ -53,8 +53,19 @@ def _window_sum(a: Array, axes: tuple[int, ...], window: int, stride: int, out: 
     shape = list(a.shape)
     for axis in axes:
         shape[axis] = out
-    total = np.zeros(shape, a.dtype)
+    # start from an offset that covers every output (a copy), else from zeros
+    full = [d for d in range(window) if d >= lo and (out - 1) * stride + d - lo <= size - 1]
+    total = None
+    if full:
+        index = [slice(None)] * a.ndim
+        for axis in axes:
+            index[axis] = slice(full[0] - lo, full[0] - lo + stride * (out - 1) + 1, stride)
+        total = a[tuple(index)].copy()
+    else:
+        total = np.zeros(shape, a.dtype)
     for d in range(window):
+        if full and d == full[0]:
+            continue
         first = max(0, -((d - lo) // stride))  # smallest t with t·stride + d − lo ≥ 0
         last = min(out - 1, (size - 1 - d + lo) // stride)
         if last < first:

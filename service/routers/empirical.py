@@ -10,7 +10,7 @@ from core import empirical as core_empirical
 from core import kernels as core_kernels
 from core.kernels.spec import Dense, KernelSpec, Network
 from service.auth import Owner
-from service.checks import check_features, check_layers, check_result_size
+from service.checks import check_features, check_inputs, check_layers, check_result_size
 from service.compute import run_compute
 from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
 from service.problems import invalid, too_large
@@ -57,7 +57,11 @@ async def compute_empirical_kernels(body: EmpiricalKernelsRequest, request: Requ
         raise too_large("max_empirical_width", f"width {body.width} is over {settings.max_empirical_width}")
     n1 = len(body.x1)
     n2 = len(body.x2) if body.x2 is not None else n1
-    work = core_empirical.working_memory_entries(spec, n1, n2, body.x1.shape[1], body.width)
+    check_inputs(settings, spec, body.x1, "x1", n2)  # the infinite-width side: rank, fit, work
+    try:  # the finite network: fits its input rows (n × d, n × L × C or n × H × W × C)
+        work = core_empirical.working_memory_entries(spec, n1, n2, body.x1.shape[1:], body.width)
+    except ValueError as exc:
+        raise invalid(["body", "kernel"], str(exc)) from None
     if work > settings.max_empirical_work:
         raise too_large("max_empirical_work",
                         f"this network and data need about {work} float entries at once, over "

@@ -12,7 +12,7 @@ from core import empirical as core_empirical
 from core.dynamics import Trajectory
 from core.kernels.spec import Dense, Network
 from service.auth import Owner
-from service.checks import check_features, check_layers, check_targets
+from service.checks import check_features, check_inputs, check_layers, check_targets
 from service.compute import run_compute
 from service.learning import client_errors
 from service.problems import invalid, too_large
@@ -78,9 +78,13 @@ async def lazy_training(body: LazyTrainingRequest, request: Request, _owner: Own
         raise invalid(["body", "steps"], "steps must be strictly increasing step counts, e.g. [0, 10, 100]")
     if body.width > settings.max_empirical_width:
         raise too_large("max_empirical_width", f"width {body.width} is over {settings.max_empirical_width}")
-    n, d = body.x_train.shape
+    n, d = body.x_train.shape[0], body.x_train.shape[1:]  # d: the row shape (d,), (L, C) or (H, W, C)
     m = 0 if body.x_test is None else body.x_test.shape[0]
-    work = core_empirical.lazy_training_work(spec, n, m, d, body.width, body.steps[-1], len(body.steps))
+    check_inputs(settings, spec, body.x_train, "x_train", n + m)  # the infinite-width side: rank, fit, work
+    try:  # the finite network: fits its input rows
+        work = core_empirical.lazy_training_work(spec, n, m, d, body.width, body.steps[-1], len(body.steps))
+    except ValueError as exc:
+        raise invalid(["body", "kernel"], str(exc)) from None
     if work > settings.max_lazy_training_work:
         raise too_large("max_lazy_training_work", f"this experiment needs about {work:.3g} multiply-adds, over "
                         f"{settings.max_lazy_training_work:.3g}; use fewer steps, points or a smaller width")

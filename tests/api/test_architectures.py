@@ -274,3 +274,35 @@ def test_fully_connected_gram_tiles_keep_the_memory_plan() -> None:
     assert gram_tile_rows(relu, 20_000, (784,), 1, 4, 256 * 1024**2) == choose_tile(
         20_000, 784, 1, 4, 256 * 1024**2, row_blocks=2)
     assert gram_tile_rows(ks.RBF(1.0), 100, (5,), 1, 8, 256 * 1024**2) == 64
+
+
+# ---------------------------------------------------------------------- finite-width networks
+async def test_empirical_kernels_of_a_conv_net_on_images(client: httpx.AsyncClient) -> None:
+    from core.empirical import empirical_kernels
+
+    body = {"kernel": CONV2D, "width": 16, "seed": 3, "x1": rows(IMAGES), "x2": rows(OTHER_IMAGES)}
+    response = await client.post("/v1/empirical-kernels", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["shape"] == [7, 3]
+    expected = empirical_kernels(CONV2D_CORE, IMAGES, OTHER_IMAGES, width=16, seed=3)
+    for name in ("nngp", "ntk"):
+        np.testing.assert_allclose(out["results"][name], expected[name], rtol=1e-12)
+        assert 0 < out["relative_error_to_infinite"][name] < 2
+    refused = {"type": "network", "layers": [{"type": "relu"}, {"type": "flatten"}, {"type": "dense"}]}
+    problem = assert_problem(await client.post("/v1/empirical-kernels", json=body | {"kernel": refused}), 422)
+    assert "layers[0]" in problem["detail"]
+
+
+async def test_lazy_training_of_a_conv_net(client: httpx.AsyncClient) -> None:
+    y = np.tanh(IMAGES[:, 0, 0, 0])
+    body = {"kernel": CONV1D, "width": 32, "seed": 0, "x_train": rows(SEQUENCES), "y_train": y[:5].tolist(),
+            "steps": [0, 5, 20], "x_test": rows(OTHER_SEQUENCES), "learning_rate": 0.5}
+    response = await client.post("/v1/experiments/lazy-training", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["steps"] == [0, 5, 20]
+    assert len(out["network"]["test_predictions"]) == 3 and len(out["network"]["test_predictions"][0]) == 4
+    losses = out["network"]["train_loss"]
+    assert losses[-1] < losses[0]  # gradient descent on the real conv net trains
+    assert out["network"]["relative_parameter_change"][0] == 0.0 < out["network"]["relative_parameter_change"][-1]

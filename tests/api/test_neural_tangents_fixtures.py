@@ -17,7 +17,10 @@ import pytest
 
 CASES = json.loads((Path(__file__).parents[1] / "fixtures" / "neural_tangents" / "cases.json").read_text())
 pytestmark = pytest.mark.anyio
-COMPUTED = [c for c in CASES if "refused" not in c]
+#: Networks neural-tangents computes as if their branches were independent although they share all
+#: their randomness (``z + z`` gets ``2K``, its kernel is ``4K``): refused here, on purpose.
+DEPENDENT_BRANCHES = [c for c in CASES if c["name"].startswith("nt_quirk_")]
+COMPUTED = [c for c in CASES if "refused" not in c and c not in DEPENDENT_BRANCHES]
 REFUSED = [c for c in CASES if "refused" in c]
 
 
@@ -35,6 +38,7 @@ def test_fixtures_cover_every_layer_kind() -> None:
     for case in COMPUTED:
         walk(case["kernel"]["layers"])
     assert set(LAYER_KINDS) - seen == {"elementwise"}  # NT has no closed form for tanh & co.
+    assert len(DEPENDENT_BRANCHES) == 2
 
 
 @pytest.mark.parametrize("case", COMPUTED, ids=[c["name"] for c in COMPUTED])
@@ -55,6 +59,13 @@ async def test_kernels_equal_neural_tangents(client: httpx.AsyncClient, case: di
                 got, expected = got[~np.eye(len(got), dtype=bool)], expected[~np.eye(len(got), dtype=bool)]
             np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-11 * scale,
                                        err_msg=f"{case['name']}: {name}{suffix}")
+
+
+@pytest.mark.parametrize("case", DEPENDENT_BRANCHES, ids=[c["name"] for c in DEPENDENT_BRANCHES])
+async def test_dependent_branches_are_refused(client: httpx.AsyncClient, case: dict) -> None:
+    response = await client.post("/v1/kernels", json={"kernel": case["kernel"], "x1": case["x1"]})
+    assert response.status_code == 422, response.text
+    assert "not independent" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=[c["name"] for c in REFUSED])
