@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from core.kernels.rules import KernelOverflow
 from service.problems import ProblemError
 from service.responses import problem_response
 
@@ -51,6 +52,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     return problem_response(problem, request)
 
 
+async def _kernel_overflow(request: Request, exc: KernelOverflow) -> Response:
+    """A kernel that overflows is the request's doing (its scales, depth or dtype): 422 at the layer."""
+    problem = ProblemError(422, str(exc), slug="non-finite-result", title="Result is not finite",
+                           errors=[{"loc": ["body", "kernel", *exc.path], "msg": str(exc)}])
+    return problem_response(problem, request)
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     items = _validation_items(exc)
     first = items[0] if items else {"loc": ["body"], "msg": "invalid request"}
@@ -65,3 +73,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(KernelOverflow, _kernel_overflow)  # type: ignore[arg-type]

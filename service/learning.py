@@ -18,6 +18,7 @@ from core.dynamics import (
     spectrum,
     trajectory,
 )
+from core.kernels.rules import KernelOverflow
 from core.kernels.spec import KernelSpec
 from core.regression import (
     KernelRidgeFit,
@@ -47,6 +48,8 @@ def client_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SingularKernelError as exc:
             raise invalid(["body", "ridge"], str(exc)) from None
+        except KernelOverflow:
+            raise  # a 422 at the layer (service.errors)
         except ValueError as exc:
             raise ProblemError(422, str(exc), slug="unprocessable", title="Cannot compute this request",
                                errors=[{"loc": ["body"], "msg": str(exc)}]) from None

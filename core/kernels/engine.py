@@ -154,15 +154,15 @@ def pair_state(x1: Array, x2: Array, want_ntk: bool, scale: float | None = None)
 def _run(spec: S.Network, x1: Array, x2: Array | None, ctx: Context, want_ntk: bool, scale: float | None = None,
          norms: Array | None = None) -> PairState:
     """The network on ``x1`` × ``x2`` (``None``: self blocks); a leading conv works on patches."""
-    layers = spec.layers
+    layers, start = spec.layers, 0
     if layers and isinstance(layers[0], S.Conv) and x1.ndim > 2:
         state = conv_on_inputs(x1, x2, layers[0], ctx, want_ntk)
-        layers = layers[1:]
+        layers, start = layers[1:], 1
     elif x2 is None:
         state = self_state(x1, want_ntk, scale, norms)
     else:
         state = pair_state(x1, x2, want_ntk, scale)
-    state = run_layers(layers, state, ctx)
+    state = run_layers(layers, state, ctx, start)
     if isinstance(state.ntk, float):  # no dense/conv layer at all
         xp = array_namespace(state.nngp)
         state = replace(state, ntk=xp.zeros_like(state.nngp))
@@ -189,7 +189,7 @@ def self_pass(spec: S.Network, x: Array, want_ntk: bool, batch: int, scale: floa
     nngp, ntk, tapes = [], [], []
     for i0 in range(0, x.shape[0], batch):
         recorder = Recorder()
-        ctx = Context(spec.parameterization, recorder, True)
+        ctx = Context(spec.parameterization, recorder, True, check_finite=True)
         part = None if norms is None else norms[i0 : i0 + batch]
         out = _run(spec, x[i0 : i0 + batch], None, ctx, want_ntk, scale, part)
         nngp.append(out.nngp.reshape(-1))

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.backend import array_namespace
 from core.kernels import spatial
 from core.kernels import spec as S
 from core.kernels.activations import ACTIVATIONS
@@ -72,6 +73,40 @@ class Context:
     variances: VarianceSource
     #: per-example "self" blocks (``B2 = 1``, column variances per row example)
     self_blocks: bool
+    #: check every layer's output for overflow (the self pass: a PSD kernel's entries are bounded
+    #: by its diagonal, so the first layer whose diagonal overflows is where the kernel does)
+    check_finite: bool = False
+    #: where the layers being run sit in the spec (error messages)
+    where: str = "layers"
+
+
+class KernelOverflow(ValueError):
+    """A layer's kernel is not finite in the working dtype; ``path`` names the layer
+    (``("layers", 2)``, ``("layers", 4, "branches", 0, 1)``)."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _path(where: str) -> tuple[str | int, ...]:
+    """``"layers[4].branches[0][1]"`` → ``("layers", 4, "branches", 0, 1)``."""
+    out: list[str | int] = []
+    for part in where.replace("]", "").replace("[", ".").split("."):
+        if part:
+            out.append(int(part) if part.isdigit() else part)
+    return tuple(out)
+
+
+def _check_finite(state: PairState, layer: S.Layer, where: str) -> None:
+    xp = array_namespace(state.nngp)
+    arrays = [state.nngp] + ([] if state.ntk is None or isinstance(state.ntk, float) else [state.ntk])
+    if not all(bool(xp.isfinite(a).all()) for a in arrays):
+        dtype = state.nngp.dtype
+        raise KernelOverflow(
+            f"{where} ({kind_of(layer).type}): the kernel overflows {dtype} here (variances beyond "
+            f"{float(np.finfo(dtype).max):.3g}); reduce w_std/b_std or the input scale, use fewer layers, or use "
+            "float64", _path(where))
 
 
 Rule = Callable[[PairState, Any, Context], PairState]
@@ -79,9 +114,10 @@ Rule = Callable[[PairState, Any, Context], PairState]
 
 def dense_constants(layer: S.Dense | S.Conv) -> tuple[float, float, float]:
     """``(w², b², bias)``: ``bias`` = 1.0 if the layer has a bias parameter (even with
-    ``b_std = 0``: it is trained under standard parameterization) else 0.0."""
-    b_std = layer.b_std
-    return float(layer.w_std) ** 2, 0.0 if b_std is None else float(b_std) ** 2, 0.0 if b_std is None else 1.0
+    ``b_std = 0``: it is trained under standard parameterization) else 0.0. Squares beyond the
+    float range are ``inf`` (and reported where the kernel overflows), never an exception."""
+    w, b = float(layer.w_std), None if layer.b_std is None else float(layer.b_std)
+    return w * w, 0.0 if b is None else b * b, 0.0 if b is None else 1.0
 
 
 def require_fan_in(width: int | None, position: int) -> int:
@@ -220,7 +256,8 @@ def flatten_rule(state: PairState, layer: S.Flatten, ctx: Context) -> PairState:
 
 
 def branches_rule(state: PairState, layer: S.Branches, ctx: Context) -> PairState:
-    outs = [run_layers(branch, state, ctx) for branch in layer.branches]
+    outs = [run_layers(branch, state, replace(ctx, where=f"{ctx.where}.branches[{b}]"))
+            for b, branch in enumerate(layer.branches)]
     first = outs[0]
     width = next((o.width for o in outs if o.width is not None), None)
     if layer.merge == "sum":
@@ -258,8 +295,13 @@ RULES: dict[str, Rule] = {
 }
 
 
-def run_layers(layers: tuple[S.Layer, ...], state: PairState, ctx: Context) -> PairState:
-    """``layers`` applied in order (pure: ``state`` is not modified)."""
-    for layer in layers:
-        state = RULES[kind_of(layer).type](state, layer, ctx)
+def run_layers(layers: tuple[S.Layer, ...], state: PairState, ctx: Context, start: int = 0) -> PairState:
+    """``layers`` applied in order (pure: ``state`` is not modified); ``start``: the position of
+    ``layers[0]`` in ``ctx.where`` (error messages)."""
+    for i, layer in enumerate(layers, start):
+        where = f"{ctx.where}[{i}]"
+        inner = replace(ctx, where=where) if isinstance(layer, S.Branches) else ctx
+        state = RULES[kind_of(layer).type](state, layer, inner)
+        if ctx.check_finite:
+            _check_finite(state, layer, where)
     return state

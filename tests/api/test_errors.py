@@ -167,3 +167,19 @@ async def test_layer_limit_is_413(settings) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/kernels", json={"kernel": kernel, "x1": [[1.0]]})
     assert "NTK_MAX_LAYERS" in assert_problem(response, 413)["detail"]
+
+
+@pytest.mark.parametrize(("layers", "loc"), [
+    ([{"type": "dense", "w_std": 1e308}, {"type": "relu"}, {"type": "dense", "w_std": 1e308}], ["layers", 0]),
+    ([{"type": "dense"}, {"type": "branches", "branches": [[{"type": "relu"}, {"type": "dense", "w_std": 1e160},
+                                                          {"type": "relu"}, {"type": "dense", "w_std": 1e160}], []]},
+      {"type": "dense"}], ["layers", 1, "branches", 0, 1]),
+])
+async def test_overflow_in_the_recursion_is_422_naming_the_layer(client: httpx.AsyncClient, layers: list,
+                                                                 loc: list) -> None:
+    kernel = {"type": "network", "layers": layers}
+    for path, extra in (("/v1/kernels", {"x1": [[1.0, 2.0], [0.5, -1.0]]}),
+                        ("/v1/models", {"x_train": [[1.0, 2.0], [0.5, -1.0]], "y_train": [1.0, 2.0]})):
+        body = assert_problem(await client.post(path, json={"kernel": kernel} | extra), 422)
+        assert body["errors"][0]["loc"] == ["body", "kernel", *loc]
+        assert "overflows float64" in body["detail"]
