@@ -82,7 +82,8 @@ def timed(fn) -> tuple[float, float]:
     return elapsed, (_status("VmHWM") / 1e9 if reset else float("nan"))
 
 
-async def through_http(spec: S.Network, x: np.ndarray) -> float:
+async def through_http(spec: S.Network, x: np.ndarray, repeat: int = 3) -> float:
+    """Best time of ``POST /v1/kernels`` (JSON in and out) once the app's start-up warm-up is done."""
     import httpx
 
     from service.app import create_app
@@ -91,15 +92,21 @@ async def through_http(spec: S.Network, x: np.ndarray) -> float:
     app = create_app(Settings(data_dir="/tmp/ntk-bench-data", max_body_bytes=1 << 30))
     body = {"kernel": {"type": "network", "layers": [layer_to_json(layer) for layer in spec.layers]},
             "x1": x.tolist(), "outputs": ["nngp", "ntk"], "dtype": "float32"}
+    best = float("inf")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as client:
-            await client.post("/v1/kernels", json=body | {"x1": x[:2].tolist()})  # warm
-            start = time.perf_counter()
-            response = await client.post("/v1/kernels", json=body)
-            elapsed = time.perf_counter() - start
-    response.raise_for_status()
-    return elapsed
+            for _ in range(100):  # the engine warms up in the background at start-up
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            await client.post("/v1/kernels", json=body | {"x1": x[:2].tolist()})
+            for _ in range(repeat):
+                start = time.perf_counter()
+                response = await client.post("/v1/kernels", json=body)
+                best = min(best, time.perf_counter() - start)
+                response.raise_for_status()
+    return best
 
 
 def main() -> None:
@@ -117,7 +124,7 @@ def main() -> None:
         print(f"  n={n:3d} in-process {best:7.3f} s   neural-tangents {NT_MYRTLE_16[n]:5.2f} s   "
               f"speed-up {NT_MYRTLE_16[n] / best:5.1f}×")
     x = rng.standard_normal((16, 16, 16, 3)).astype(np.float32)
-    http = min(asyncio.run(through_http(spec, x)) for _ in range(2))
+    http = asyncio.run(through_http(spec, x))
     print(f"  n= 16 POST /v1/kernels {http:7.3f} s   speed-up {NT_MYRTLE_16[16] / http:5.1f}×")
 
     print("Myrtle-5, 32×32×3, NTK + NNGP, float32")

@@ -49,6 +49,8 @@ OP_LOAD = 9  # (nngp, ntk) = stack[slot]                                   param
 OP_ADD = 10  # stack[slot] += (nngp, ntk)                   (FanInSum)     params: slot
 OP_MUL = 11  # stack[slot] = (N·n, T·n + N·t)              (FanInProd)    params: slot
 OP_SCALE = 12  # nngp, ntk *= r1·r2 (layer_norm; r = 1/√(ε + q) in aux slot q)
+OP_ADD_SLOT = 13  # (nngp, ntk) += stack[slot]            (an identity branch of a sum)    params: slot
+OP_MUL_SLOT = 14  # (n, t) = (n·N, t·N + n·T), stack[slot] = (N, T)   (… of a product)     params: slot
 
 #: aux slot of each per-point quantity.
 SLOTS = {"m": 0, "p": 1, "ip": 2, "q": 3, "u": 4, "t": 5, "sP": 6, "g": 7}
@@ -247,7 +249,19 @@ def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
     for o in range(ops.shape[0]):
         op = ops[o]
         k = act[o]
-        if op >= OP_SAVE and op <= OP_MUL:
+        if op == OP_ADD_SLOT or op == OP_MUL_SLOT:
+            s = int(prm[o, 0])
+            sn = stack[s, 0]
+            st = stack[s, 1]
+            if op == OP_ADD_SLOT:
+                for j in range(n):
+                    nn[j] = nn[j] + sn[j]
+                    nt[j] = nt[j] + st[j]
+            else:
+                for j in range(n):
+                    nt[j] = nt[j] * sn[j] + nn[j] * st[j]
+                    nn[j] = nn[j] * sn[j]
+        elif op >= OP_SAVE and op <= OP_MUL:
             s = int(prm[o, 0])
             sn = stack[s, 0]
             st = stack[s, 1]

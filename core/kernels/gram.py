@@ -39,11 +39,13 @@ from core.kernels.classic import classic_block
 from core.kernels.engine import network_gram, self_pass
 from core.kernels.fused import (
     OP_ADD,
+    OP_ADD_SLOT,
     OP_DENSE_NTK,
     OP_DENSE_STD,
     OP_INPUT,
     OP_LOAD,
     OP_MUL,
+    OP_MUL_SLOT,
     OP_SAVE,
     OP_SCALE,
     Program,
@@ -214,16 +216,23 @@ def _compile(layers: Sequence[Layer], g: _Graph, width: int | None, depth: int =
             eps = q1.dtype.type(layer.eps)
             program.add_activation(OP_SCALE, {"q": 1 / np.sqrt(eps + q1)}, {"q": 1 / np.sqrt(eps + q2)})
         elif isinstance(layer, Branches):
+            # the branches with layers run from a saved copy of the input and merge into `acc`;
+            # identity branches (at most one: shapes.py) then merge the saved input in directly
             start, acc = 2 * depth, 2 * depth + 1
             program.slots = max(program.slots, acc + 1)
             program.add(OP_SAVE, (start,))
-            widths = []
-            for b, branch in enumerate(layer.branches):
+            ran = [branch for branch in layer.branches if branch]
+            widths = [width] if len(ran) < len(layer.branches) else []
+            for b, branch in enumerate(ran):
                 if b:
                     program.add(OP_LOAD, (start,))
                 widths.append(_compile(branch, g, width, depth + 1))
-                program.add(OP_SAVE if b == 0 else (OP_ADD if layer.merge == "sum" else OP_MUL), (acc,))
-            program.add(OP_LOAD, (acc,))
+                if len(ran) > 1:
+                    program.add(OP_SAVE if b == 0 else (OP_ADD if layer.merge == "sum" else OP_MUL), (acc,))
+            if len(ran) > 1:
+                program.add(OP_LOAD, (acc,))
+            if ran and len(ran) < len(layer.branches):
+                program.add(OP_ADD_SLOT if layer.merge == "sum" else OP_MUL_SLOT, (start,))
             width = next((w for w in widths if w is not None), None)
         # identity, flatten and global pooling are the identity on n × d representations
     return width

@@ -158,6 +158,8 @@ FC_GRAPHS = [
                D(1.0), S.Branches(((A("relu"), D(1.0, 0.0)), (), (D(2.0),))), A("abs"), D(1.0, 0.1))),
     S.Network((D(1.2, 0.1, 7), S.Branches(((A("relu"), D(1.1, 0.2, 7)), ())), S.LayerNorm(), A("sin"), D(1.0, 0.0)),
               "standard"),
+    S.Network((D(1.3, 0.2), S.Branches(((), (A("erf"), D(1.1, 0.2))), "product"), D(1.0, 0.1),
+               S.Branches(((S.Branches(((D(0.8),), ())),), (D(1.2, 0.1),))), A("relu"), D(1.0))),
 ]
 
 
