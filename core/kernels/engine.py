@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from core.backend import array_namespace
 from core.kernels import spec as S
@@ -258,7 +259,9 @@ def network_gram(spec: S.Network, x1: Array, x2: Array | None, want_ntk: bool, e
 
     blocks = list(_blocks(n1, n2, b1, b2, symmetric))
     if len(blocks) > 1 and THREADS > 1 and xp is np:
-        with ThreadPoolExecutor(THREADS) as pool:
+        # one block per thread, BLAS single-threaded meanwhile: its idle threads would spin on the
+        # cores the blocks use (the limit is process-wide while it lasts)
+        with ThreadPoolExecutor(THREADS) as pool, threadpool_limits(1, user_api="blas"):
             list(pool.map(run, blocks))
     else:
         for block in blocks:

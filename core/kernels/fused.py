@@ -395,15 +395,20 @@ def activation_opcode(layer: Activation) -> tuple[int, tuple[float, ...]]:
     return {"erf": OP_ERF, "sign": OP_SIGN, "gelu": OP_GELU, "sin": OP_SIN}[layer.name], ()
 
 
+#: ``run_program`` compiled without threads: for callers that already run one block per core
+#: (the general engine's pair blocks), so no thread pool is launched or contended for.
+run_program_serial = njit(cache=True, nogil=True, error_model="numpy")(run_program.py_func)
+
+
 def run_activation(layer: Activation, q1: np.ndarray, q2: np.ndarray, nngp: np.ndarray,
-                   ntk: np.ndarray | None) -> None:
+                   ntk: np.ndarray | None, serial: bool = False) -> None:
     """One closed-form activation in place on the matrices ``nngp``, ``ntk`` (``n1 × n2``) with row
-    variances ``q1`` (n1,) and column variances ``q2`` (n2,)."""
+    variances ``q1`` (n1,) and column variances ``q2`` (n2,); ``serial``: on the calling thread only."""
     rule = ACTIVATIONS[layer.name]
     program = Program(nngp.dtype, nngp.shape[0], nngp.shape[1])
     op, params = activation_opcode(layer)
     program.add_activation(op, rule.aux(q1, layer), rule.aux(q2, layer), params)
-    program.run(nngp, ntk, False, 192)
+    program.run(nngp, ntk, False, 192, serial=serial)
 
 
 @dataclass
@@ -445,15 +450,20 @@ class Program:
         self.rows.append(r)
         self.cols.append(c)
 
-    def run(self, nngp: np.ndarray, ntk: np.ndarray | None, symmetric: bool, block: int = 192) -> None:
-        """Execute in place (see ``run_program``) and clear the program."""
+    def run(self, nngp: np.ndarray, ntk: np.ndarray | None, symmetric: bool, block: int = 192,
+            serial: bool = False) -> None:
+        """Execute in place (see ``run_program``) and clear the program (``serial``: without threads,
+        concurrently with other callers)."""
         if not self.ops:
             return
         dtype = self.dtype
         rows = np.stack(self.rows) if self.rows else np.zeros((1, N_SLOTS, self.n1), dtype)
         cols = np.stack(self.cols) if self.cols else np.zeros((1, N_SLOTS, self.n2), dtype)
-        with _RUN_LOCK:
-            self._run_locked(nngp, ntk, symmetric, block, rows, cols)
+        if serial:
+            run_program_serial(*self._arguments(nngp, ntk, symmetric, block, rows, cols))
+        else:
+            with _RUN_LOCK:
+                self._run_locked(nngp, ntk, symmetric, block, rows, cols)
         self.slots = 0
         self.ops.clear()
         self.params.clear()
@@ -461,23 +471,26 @@ class Program:
         self.rows.clear()
         self.cols.clear()
 
-    def _run_locked(self, nngp, ntk, symmetric, block, rows, cols) -> None:
+    def _arguments(self, nngp, ntk, symmetric, block, rows, cols) -> tuple:
         dtype = self.dtype
+        return (
+            nngp,
+            ntk if ntk is not None else np.empty((0, 0), dtype),
+            ntk is not None,
+            bool(symmetric),
+            np.asarray(self.ops, np.int64),
+            np.asarray(self.params, dtype),
+            np.asarray(self.act, np.int64),
+            rows,
+            cols,
+            constants(dtype),
+            int(block),
+            self.slots,
+        )
+
+    def _run_locked(self, nngp, ntk, symmetric, block, rows, cols) -> None:
         previous = numba.set_parallel_chunksize(1)  # blocks are handed out dynamically
         try:
-            run_program(
-                nngp,
-                ntk if ntk is not None else np.empty((0, 0), dtype),
-                ntk is not None,
-                bool(symmetric),
-                np.asarray(self.ops, np.int64),
-                np.asarray(self.params, dtype),
-                np.asarray(self.act, np.int64),
-                rows,
-                cols,
-                constants(dtype),
-                int(block),
-                self.slots,
-            )
+            run_program(*self._arguments(nngp, ntk, symmetric, block, rows, cols))
         finally:
             numba.set_parallel_chunksize(previous)

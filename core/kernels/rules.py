@@ -224,7 +224,7 @@ def activation_rule(state: PairState, layer: S.Activation, ctx: Context) -> Pair
         rows, cols = q_row.size, q_col.size
         nngp = state.nngp.reshape(rows, cols).copy()
         ntk = state.ntk.reshape(rows, cols).copy() if want else None
-        run_activation(layer, q_row.reshape(-1), q_col.reshape(-1), nngp, ntk)
+        run_activation(layer, q_row.reshape(-1), q_col.reshape(-1), nngp, ntk, serial=True)
         return replace(state, nngp=nngp.reshape(shape), ntk=ntk.reshape(shape) if want else state.ntk)
     else:
         rule = ACTIVATIONS[layer.name]
