@@ -85,3 +85,38 @@ def too_large(limit: str, detail: str, advice: str = "Submit large work as an as
         title="Request exceeds a size limit",
         errors=[{"loc": ["limits", limit], "msg": detail}],
     )
+
+
+#: The OpenAPI response of operations that write to the data store (``responses=`` of a route).
+INSUFFICIENT_STORAGE: dict[int | str, dict[str, Any]] = {507: {
+    "description": "What the request would store does not fit in the data directory; nothing of it was kept.",
+    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}}
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n} bytes ({n / size:.1f} {unit})"
+    return f"{n} bytes"
+
+
+def insufficient_storage(what: str, free_bytes: int | None, loc: list[str | int],
+                         needed_bytes: int | None = None) -> ProblemError:
+    """A 507: ``what`` (e.g. "the dataset upload") did not fit in the data directory; nothing of it was kept.
+
+    ``loc`` names the part of the store that was full (``["store", "datasets"]``); ``free_bytes`` is
+    the space left on its filesystem (None if it could not be read), ``needed_bytes`` what the write
+    needed when known.
+    """
+    need = "" if needed_bytes is None else f" (needs {_bytes_text(needed_bytes)})"
+    free = "unknown" if free_bytes is None else _bytes_text(free_bytes)
+    msg = f"{what}{need} does not fit in the data store: {free} free"
+    return ProblemError(
+        507,
+        f"{msg[0].upper()}{msg[1:]}. Nothing of it was kept; free space (delete datasets, models or jobs you "
+        "no longer need) and retry.",
+        slug="insufficient-storage",
+        title="Insufficient storage",
+        errors=[{"loc": loc, "msg": msg}],
+    )

@@ -19,10 +19,11 @@ from core.kernels.spec import KernelSpec, Network
 from core.tiling import choose_tile, tile_count, tile_working_bytes, work_tile
 from service.checks import check_features, check_layers, check_shape, check_trajectory_options, resolve_which
 from service.matrices import resolve_outputs
-from service.problems import ProblemError, invalid, too_large
+from service.problems import insufficient_storage, invalid, too_large
 from service.schemas.jobs import FitJob, GramJob, TrajectoryJob
 from service.settings import Settings
 from service.storage.datasets import Dataset
+from service.storage.faults import is_disk_full, writing
 from service.storage.models import new_model_id
 from service.storage.state import Storage
 
@@ -69,26 +70,30 @@ def gram_tile_rows(spec: KernelSpec, n: int, row_shape: tuple[int, ...], n_outpu
 def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Storage) -> dict[str, str | None]:
     """Hard-link (or copy) the inputs into the job folder: deleting a dataset cannot break the job."""
     inputs = folder / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str | None] = {}
-    for name, dataset in datasets.items():
-        if dataset is None:
-            paths[name] = None
-            continue
-        target = inputs / f"{name}.npy"
-        try:
-            os.link(storage.datasets.path(dataset.id), target)
-        except OSError:
-            shutil.copyfile(storage.datasets.path(dataset.id), target)
-        paths[name] = str(target)
+    with writing("the job's inputs", "jobs", storage.data_dir):  # a 507 when full (the router removes folder)
+        inputs.mkdir(parents=True, exist_ok=True)
+        for name, dataset in datasets.items():
+            if dataset is None:
+                paths[name] = None
+                continue
+            target = inputs / f"{name}.npy"
+            try:
+                os.link(storage.datasets.path(dataset.id), target)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise
+                shutil.copyfile(storage.datasets.path(dataset.id), target)
+            paths[name] = str(target)
     return paths
 
 
 def _check_disk(settings: Settings, needed: int) -> None:
     free = shutil.disk_usage(settings.data_dir).free
     if needed > 0.9 * free:
-        raise ProblemError(413, f"The result needs about {needed} bytes but the store has {free} free; free space "
-                           "or compute fewer outputs / float32.", slug="store-full", title="Result too large")
+        raise insufficient_storage("the job's result (it may use 90% of the free space; compute fewer "
+                                   "outputs, or float32)", free, ["store", "jobs"],
+                                   needed)
 
 
 def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
@@ -116,23 +121,6 @@ def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, fol
     paths = _link_inputs(folder, {"x1": x1, "x2": x2}, store)
     return {"x1": paths["x1"], "x2": paths["x2"], "n1": n1, "n2": n2, "tile": tile, "outputs": outputs,
             "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
-
-
-def row_chunk(tile: int) -> int:
-    """Rows per zarr chunk: tiles cover whole chunks (so concurrent tiles write disjoint chunks),
-    and downloads read thin row slabs without decoding whole tiles."""
-    return 256 if tile % 256 == 0 else tile
-
-
-def create_result_arrays(folder: Path, plan: dict[str, Any]) -> None:
-    import zarr
-
-    (folder / "done").mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(folder / "result.zarr", mode="w")
-    shape = (plan["n1"], plan["n2"] or plan["n1"])
-    for name in plan["outputs"]:
-        group.create_array(name, shape=shape, chunks=(row_chunk(plan["tile"]), plan["tile"]), dtype=plan["dtype"],
-                           compressors=None, fill_value=0.0)
 
 
 def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob | TrajectoryJob, folder: Path

@@ -2,12 +2,14 @@
 in the graph), write results and done-markers to the job folder, and never touch the ledger.
 
 A job folder ``<data_dir>/jobs/<id>/`` holds ``inputs/`` (hard links to the datasets, so
-deleting a dataset cannot break a running job), ``result.zarr`` (gram: one array per output;
-each tile covers whole chunks, so concurrent tiles never share one), ``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
+deleting a dataset cannot break a running job), ``result/<output>.npy`` (gram: one file per
+output, written in place by the tiles in disjoint blocks; see :mod:`service.jobs.results`),
+``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -21,6 +23,7 @@ from distributed import WorkerPlugin
 
 from core.kernels import gram_block
 from core.kernels.spec import KernelSpec
+from service.jobs.results import write_tile
 
 CANCEL_FLAG = "CANCELLED"
 
@@ -84,8 +87,6 @@ def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec,
 
     Returns the tile index, or -1 if the job was cancelled (nothing written then).
     """
-    import zarr
-
     index, (r0, r1), (c0, c1), diagonal = tile
     folder = Path(job_dir)
     marker = folder / "done" / str(index)
@@ -108,11 +109,16 @@ def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec,
             raise _fail(f"the {name} matrix overflows {dtype} in rows {r0}:{r1}, columns {c0}:{c1}")
     if (folder / CANCEL_FLAG).exists() or not (folder / "done").is_dir():  # cancelled, or deleted meanwhile
         return -1
-    for name, block in blocks.items():
-        array = zarr.open_array(folder / "result.zarr" / name, mode="r+")
-        array[r0:r1, c0:c1] = block
-        if x2_path is None and not diagonal:
-            array[c0:c1, r0:r1] = block.T
+    try:  # pwrite: once it returns the bytes are the kernel's, so the marker may follow
+        write_tile(folder, blocks, (r0, r1), (c0, c1), mirror=x2_path is None and not diagonal)
+    except FileNotFoundError:
+        if not (folder / "done").is_dir():  # the job was deleted meanwhile
+            return -1
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _fail(f"the data store is full: rows {r0}:{r1}, columns {c0}:{c1} could not be written") from None
+        raise
     marker.write_text(_worker_name())  # which worker did it (observability; tests check the spread)
     return index
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service.auth import Owner
 from service.npy import NPY_MEDIA_TYPE
 from service.pagination import page
-from service.problems import ProblemError
+from service.problems import INSUFFICIENT_STORAGE, ProblemError
 from service.routers.resources import (
     IdempotencyKey,
     created,
@@ -45,6 +45,7 @@ def _created(dataset: Dataset) -> Response:
 
 @router.post(
     "/datasets", operation_id="createDataset", status_code=201, response_model=DatasetOut,
+    responses=INSUFFICIENT_STORAGE,
     openapi_extra={"requestBody": {"required": True, "description": "One array saved with numpy.save "
                                    "(float32/float64, 1-d to 4-d, finite): targets, n × d inputs, or "
                                    "n × L × C / n × H × W × C inputs of convolutional networks.",
@@ -72,9 +73,9 @@ async def create_dataset(
         if existing is not None:
             tmp.unlink(missing_ok=True)
             return _created(existing)
-    dataset = store.datasets.commit(tmp, header, sha256, size, owner, name)
-    if idempotency_key is not None:
-        store.idempotency.remember(owner, "datasets", idempotency_key, fingerprint, dataset.id)
+    remember = None if idempotency_key is None else (
+        lambda d: store.idempotency.remember(owner, "datasets", idempotency_key, fingerprint, d.id))
+    dataset = store.datasets.commit(tmp, header, sha256, size, owner, name, on_commit=remember)
     return _created(dataset)
 
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import shutil
-from collections.abc import Iterator
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import Query, Request
-from starlette.responses import Response, StreamingResponse
+import anyio
+from fastapi import Header, Query, Request
+from starlette.responses import Response
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
 from service.auth import Owner
 from service.compute import run_compute
 from service.jobs.ledger import ACTIVE, Job, new_job_id
-from service.jobs.planning import create_result_arrays, plan_gram, plan_learning, row_chunk
+from service.jobs.planning import plan_gram, plan_learning
+from service.jobs.results import create_result_files, open_result, result_response
 from service.jobs.runner import JobRunner
 from service.negotiation import negotiate
 from service.npy import NPY_MEDIA_TYPE
 from service.openapi_doc import problem
 from service.pagination import page
-from service.problems import ProblemError, invalid
+from service.problems import INSUFFICIENT_STORAGE, ProblemError
 from service.responses import ORJSONResponse
 from service.routers.models import model_document
 from service.routers.resources import (
@@ -80,7 +79,8 @@ async def _require_gpu(request: Request) -> None:
 
 
 @router.post("/jobs", operation_id="createJob", status_code=202, response_model=JobOut,
-             responses={503: problem("A GPU was requested but no GPU worker is connected (see Retry-After).")})
+             responses={503: problem("A GPU was requested but no GPU worker is connected (see Retry-After).")}
+             | INSUFFICIENT_STORAGE)
 async def create_job(body: JobCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
                      ) -> Response:
     """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
@@ -93,7 +93,7 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
         if isinstance(body, GramJob):  # file work (links, result arrays) off the event loop
             plan = await run_compute(request, plan_gram, settings, store, owner, body, folder)
-            await run_compute(request, create_result_arrays, folder, plan)
+            await run_compute(request, create_result_files, folder, plan)
         else:
             plan = await run_compute(request, plan_learning, settings, store, owner, body, folder)
         if body.device == "gpu":  # after validation: a bad request is a 422 even without GPU workers
@@ -157,37 +157,36 @@ async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
     return Response(status_code=204)
 
 
-def _rows(rows: str | None, n: int) -> tuple[int, int]:
-    if rows is None:
-        return 0, n
-    start, sep, stop = rows.partition(":")
-    try:
-        a = int(start) if start else 0
-        b = int(stop) if stop else n
-    except ValueError:
-        a = b = -1
-    if not sep or not 0 <= a < b <= n:
-        raise invalid(["query", "rows"], f"rows must be 'a:b' with 0 ≤ a < b ≤ {n}, got {rows!r}")
-    return a, b
-
-
-def _npy_stream(array: Any, start: int, stop: int, block_rows: int) -> Iterator[bytes]:
-    """``.npy`` bytes of ``array[start:stop]``, read block by block (never whole in memory)."""
-    dtype = np.dtype(array.dtype).newbyteorder("<")
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                 "shape": (stop - start, array.shape[1])})
-    yield header.getvalue()
-    for r in range(start, stop, block_rows):
-        yield np.ascontiguousarray(array[r:min(r + block_rows, stop)], dtype=dtype).tobytes()
-
-
-RESULT_CONTENT = {200: {"description": "gram: the matrix as .npy (streamed); fit: the model; trajectory: the "
-                                       "trajectory document.",
-                        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                    "application/json": {"schema": {"type": "object"}}}},
-                  409: problem("The job has not succeeded (yet).")}
+RESULT_HEADERS = {
+    "ETag": {"description": "Strong entity tag of this representation (job, output, rows, result file).",
+             "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "`bytes` for gram results.", "schema": {"type": "string"}},
+    "Last-Modified": {"description": "When the result file was last written.", "schema": {"type": "string"}},
+    "Content-Length": {"description": "Bytes in this response's body.", "schema": {"type": "integer"}},
+}
+RESULT_CONTENT = {
+    200: {"description": "gram: the matrix (or the block `?rows=a:b`) as .npy, streamed; fit: the model; "
+                         "trajectory: the trajectory document.",
+          "headers": RESULT_HEADERS,
+          "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                      "application/json": {"schema": {"type": "object"}}}},
+    206: {"description": "gram: the one byte range asked for by `Range`, of the .npy representation above.",
+          "headers": RESULT_HEADERS | {"Content-Range": {"description": "`bytes start-end/length`.",
+                                                         "schema": {"type": "string"}}},
+          "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+    409: problem("The job has not succeeded (yet)."),
+    416: problem("The range selects no bytes of the representation (`Content-Range: bytes */length` gives its "
+                 "length).") | {"headers": {"Content-Range": {"description": "`bytes */length`.",
+                                                               "schema": {"type": "string"}}}},
+}
+RangeHeader = Annotated[str | None, Header(
+    alias="Range",
+    description="gram: one byte range of the .npy representation: `bytes=start-end`, `bytes=start-` or "
+                "`bytes=-suffix_length`. Several ranges are answered with the whole representation (200).")]
+IfRangeHeader = Annotated[str | None, Header(
+    alias="If-Range",
+    description="gram: honour `Range` only if the representation still has this ETag (or Last-Modified date); "
+                "otherwise the whole representation is sent (200).")]
 
 
 @router.get("/jobs/{job_id}/result", operation_id="getJobResult", responses=NOT_FOUND | RESULT_CONTENT,
@@ -196,8 +195,17 @@ async def get_job_result(
     job_id: str, request: Request, owner: Owner,
     rows: Annotated[str | None, Query(max_length=40, description="gram: a block of rows 'a:b'.")] = None,
     output: Annotated[str | None, Query(max_length=10, description="gram: which matrix (default: the first).")] = None,
+    range_: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
-    """The result of a succeeded job (409 before)."""
+    """The result of a succeeded job (409 before).
+
+    A gram job's result is the `.npy` of the matrix, or of the block `?rows=a:b`, of the output
+    `?output=` (default the job's first): a header for that shape followed by the rows. It supports
+    range requests on those bytes (`Accept-Ranges: bytes`, a strong `ETag`): `Range: bytes=a-b`,
+    `bytes=a-` or `bytes=-n` gives `206` with `Content-Range` (`416` if the range selects nothing),
+    so downloads resume (`curl -C -`) and run as parallel parts; `If-Range` guards a resume against a
+    changed result. A multi-range request is answered with the whole representation (`200`, as RFC
+    9110 allows). `HEAD` gives the headers alone."""
     job = _get(request, owner, job_id)
     if job.status != "succeeded":
         raise ProblemError(409, f"Job {job_id} is {job.status}; its result exists once it has succeeded.",
@@ -213,13 +221,9 @@ async def get_job_result(
         return ORJSONResponse(model_document(model.id, model.meta))
     if job.type == "trajectory":
         return Response((folder / "result.json").read_bytes(), media_type="application/json")
-    import zarr
+    block = await anyio.to_thread.run_sync(open_result, folder, job.id, job.plan, output, rows)
+    return result_response(block, request.method, range_, if_range)
 
-    name = output or job.plan["outputs"][0]
-    if name not in job.plan["outputs"]:
-        raise invalid(["query", "output"], f"this job computed {', '.join(job.plan['outputs'])}, not {name!r}")
-    array = zarr.open_array(folder / "result.zarr" / name, mode="r")
-    start, stop = _rows(rows, array.shape[0])
-    chunk = row_chunk(job.plan["tile"])
-    block_rows = chunk * max(1, (32 << 20) // (chunk * array.shape[1] * array.dtype.itemsize))  # ~32 MiB reads
-    return StreamingResponse(_npy_stream(array, start, stop, block_rows), media_type=NPY_MEDIA_TYPE)
+
+router.add_api_route("/jobs/{job_id}/result", get_job_result, methods=["HEAD"], include_in_schema=False,
+                     response_class=Response)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import tempfile
 
@@ -43,15 +44,36 @@ def _store_check(request: Request) -> str:
     return "ok"
 
 
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def _disk_check(request: Request) -> str:
+    """How full the data directory's filesystem is; 503 above ``NTK_STORE_MAX_USED_FRACTION``."""
+    limit = request.app.state.settings.store_max_used_fraction
+    usage = shutil.disk_usage(request.app.state.settings.data_dir)
+    used = usage.used / max(1, usage.used + usage.free)  # as df: blocks reserved for root count as neither
+    state = f"{used:.1%} used, {usage.free} bytes ({_gib(usage.free)}) free of {_gib(usage.total)}"
+    if used > limit:
+        raise ProblemError(
+            503, f"The data store is nearly full: {state}; not ready above {limit * 100:g}% "
+            "(NTK_STORE_MAX_USED_FRACTION). Free space: delete datasets, models or jobs.",
+            slug="not-ready", headers={"Retry-After": "5"},
+            errors=[{"loc": ["store", "disk"], "msg": f"{state}; the limit is {limit * 100:g}% used"}])
+    return f"ok ({state}; not ready above {limit * 100:g}%)"
+
+
 @router.get(
     "/readyz", operation_id="getReadiness", response_model=Readiness,
-    responses={503: problem("A dependency (store or compute engine) is not reachable.")},
+    responses={503: problem("A dependency (store or compute engine) is not reachable, or the data store is "
+                            "fuller than NTK_STORE_MAX_USED_FRACTION.")},
 )
 async def readyz(request: Request) -> Readiness:
-    """The data store is writable and the compute engine accepts work."""
+    """The data store is writable and not nearly full, and the compute engine accepts work."""
     checks: dict[str, str] = {}
     try:
         checks["store"] = _store_check(request)
+        checks["disk"] = _disk_check(request)  # a nearly full store is a 503 of its own (not caught here)
     except (OSError, sqlite3.Error) as exc:
         raise ProblemError(503, f"The data store is not usable: {exc}", slug="not-ready",
                            headers={"Retry-After": "5"}) from None

@@ -2,7 +2,9 @@
 
 An upload is streamed to a temporary file (never whole in memory), validated without
 unpickling (header, dtype, shape, exact byte count, finite values) and only then moved into
-place and recorded, so a failed upload leaves nothing behind.
+place and recorded, so a failed upload leaves nothing behind. An upload that does not fit —
+its header already promises more than the free space, or the disk fills while it streams, or the
+ledger cannot record it — is the 507 problem, with the temporary file removed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,9 @@ import anyio
 import numpy as np
 
 from service.npy import NpyHeader, bad_npy, parse_header
+from service.problems import insufficient_storage
 from service.storage.db import Database
+from service.storage.faults import free_bytes, full_disk_problem, remove
 
 _ID = re.compile(r"^ds_[0-9a-f]{24}$")
 _FLUSH = 1 << 20
@@ -90,6 +94,7 @@ class DatasetStore:
                         needed = _header_length(bytes(prefix[:16]))
                         if needed is not None and len(prefix) >= needed:
                             header = parse_header(bytes(prefix[:needed]))
+                            self._check_room(header.offset + header.data_bytes - (total - len(pending)))
                     if header is not None and total - header.offset > header.data_bytes:
                         raise bad_npy(f".npy data is longer than the {header.data_bytes} bytes its header declares")
                     if len(pending) >= _FLUSH:
@@ -102,24 +107,49 @@ class DatasetStore:
                 raise bad_npy(f".npy header promises {header.data_bytes} data bytes for shape {list(header.shape)} "
                               f"but {total - header.offset} were sent")
             await anyio.to_thread.run_sync(_check_finite, tmp)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            needed = None if header is None else header.offset + header.data_bytes
+            problem = full_disk_problem(exc, "the dataset upload", "datasets", self.root, needed)
+            if problem is not None:
+                raise problem from exc
             raise
         return tmp, header, hasher.hexdigest(), total
 
-    def commit(self, tmp: Path, header: NpyHeader, sha256: str, size: int, owner: str, name: str | None) -> Dataset:
+    def _check_room(self, remaining: int) -> None:
+        """507 at once when the rest of an upload (its header says how much) cannot fit."""
+        free = free_bytes(self.root)
+        if free is not None and remaining > free:
+            raise insufficient_storage("the dataset upload", free, ["store", "datasets"], remaining)
+
+    def commit(self, tmp: Path, header: NpyHeader, sha256: str, size: int, owner: str, name: str | None,
+               on_commit: Callable[[Dataset], None] | None = None) -> Dataset:
+        """Move the validated upload into place and record it; ``on_commit(dataset)`` writes in the same
+        ledger transaction (the Idempotency-Key record). On any failure nothing is kept."""
         dataset = Dataset(
             id=f"ds_{secrets.token_hex(12)}", owner=owner, name=name, shape=header.shape,
             dtype=str(header.dtype.newbyteorder("=").name), sha256=sha256, bytes=size,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             seq=time.time_ns(),
         )
-        os.replace(tmp, self.path(dataset.id))
-        self.db.execute(
-            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (dataset.id, owner, name, json.dumps(list(dataset.shape)), dataset.dtype, sha256, size,
-             dataset.created_at, dataset.seq),
-        )
+        path = self.path(dataset.id)
+        try:
+            with self.db.transaction():  # the file is in place before the row is visible
+                self.db.execute(
+                    "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (dataset.id, owner, name, json.dumps(list(dataset.shape)), dataset.dtype, sha256, size,
+                     dataset.created_at, dataset.seq),
+                )
+                if on_commit is not None:
+                    on_commit(dataset)
+                os.replace(tmp, path)
+        except BaseException as exc:
+            remove(tmp)
+            remove(path)
+            problem = full_disk_problem(exc, "the dataset upload", "datasets", self.root, size)
+            if problem is not None:
+                raise problem from exc
+            raise
         return dataset
 
     def get(self, owner: str, dataset_id: str) -> Dataset | None:

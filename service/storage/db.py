@@ -1,12 +1,20 @@
-"""The SQLite ledger: one file, written only by the API process."""
+"""The SQLite ledger: one file, written only by the API process.
+
+A write that finds the disk full ("database or disk is full") is the 507 problem
+(:func:`service.storage.faults.writing`); :meth:`Database.transaction` groups writes so that a
+resource's row and its ``Idempotency-Key`` record are kept together or not at all.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from service.storage.faults import writing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -35,17 +43,38 @@ class Database:
     """A serialized SQLite connection (calls are short; a lock keeps threads from interleaving)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
+        self._dir = path.parent
+        self._lock = threading.RLock()  # re-entrant: execute() inside transaction()
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.executescript(_SCHEMA)
+
+    def _writing(self) -> Any:
+        return writing("the ledger record", "ledger", self._dir)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._conn.execute(sql, tuple(params))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The statements run inside (by this thread) commit together at the end, or not at all."""
+        with self._lock, self._writing():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -5,12 +5,19 @@ refactors the kernel: ``x_train``, ``y`` (n × k), the training Gram ``kernel``,
 Cholesky factor ``cholesky``; on first use the eigenbasis (``eigenvalues``, ``eigenvectors``) and,
 for NTK variances, the training ``nngp``. Arrays are saved and loaded with
 ``allow_pickle=False``; a folder is complete before its ledger row exists.
+
+A model is created atomically: its arrays are written into a staging folder ``.mdl_<id>``, which
+is renamed into place in the same ledger transaction that records it. A model that does not fit
+is the 507 problem and leaves neither folder nor row. The lazily persisted extras are a cache:
+when the disk is full they stay in memory only (a warning is logged, the partial files are
+removed) and the request that needed them still succeeds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import secrets
@@ -18,6 +25,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +34,11 @@ import numpy as np
 
 from core.dynamics import EigenBasis
 from core.regression import KernelRidgeFit
+from service.problems import insufficient_storage
 from service.storage.db import Database
+from service.storage.faults import free_bytes, is_disk_full, remove, writing
 
+logger = logging.getLogger("ntk.service.storage")
 _ID = re.compile(r"^mdl_[0-9a-f]{24}$")
 
 
@@ -50,7 +61,11 @@ class StoredModel:
         with self.lock:
             if name not in self.extras:
                 path = self.folder / f"{name}.npy"
-                self.extras[name] = np.load(path) if path.exists() else _save(path, compute())
+                if path.exists():
+                    self.extras[name] = np.load(path)
+                else:
+                    self.extras[name] = compute()
+                    _cache_on_disk({path: self.extras[name]})
             return self.extras[name]
 
     def basis(self) -> EigenBasis:
@@ -62,17 +77,52 @@ class StoredModel:
                     self.fit._cache["basis"] = EigenBasis(np.load(values), np.load(vectors))  # noqa: SLF001
                 else:
                     basis = self.fit.basis
-                    _save(vectors, basis.eigenvectors)
-                    _save(values, basis.eigenvalues)
+                    _cache_on_disk({vectors: basis.eigenvectors, values: basis.eigenvalues})
         return self.fit.basis
 
 
 def _save(path: Path, array: np.ndarray) -> np.ndarray:
+    """Write ``path`` whole or not at all (a temporary beside it, renamed; removed on failure)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            _write_npy(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
     return array
+
+
+def _write_npy(handle: Any, array: np.ndarray) -> None:
+    """``np.save`` through ``handle.write`` (the same bytes): numpy's own path for real files,
+    ``ndarray.tofile``, reports a full disk as an OSError without errno ("… requested and … written")."""
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are never stored (allow_pickle=False)")
+    header = np.lib.format.header_data_from_array_1_0(array)
+    fortran = header["fortran_order"]
+    if not (array.flags.f_contiguous if fortran else array.flags.c_contiguous):
+        array = np.ascontiguousarray(array)
+        header = np.lib.format.header_data_from_array_1_0(array)
+        fortran = False
+    np.lib.format.write_array_header_1_0(handle, header)
+    if array.size:
+        handle.write(memoryview((array.T if fortran else array).reshape(-1)).cast("B"))
+
+
+def _cache_on_disk(arrays: dict[Path, np.ndarray]) -> None:
+    """Persist derived arrays (all or none); a full disk only costs the cache (module docstring)."""
+    try:
+        for path, array in arrays.items():
+            _save(path, array)
+    except OSError as exc:
+        for path in arrays:
+            remove(path)
+        if not is_disk_full(exc):
+            raise
+        logger.warning("disk full: %s not cached on disk (kept in memory; free %s bytes)",
+                       ", ".join(p.name for p in arrays), free_bytes(next(iter(arrays)).parent))
 
 
 def new_model_id() -> str:
@@ -82,10 +132,14 @@ def new_model_id() -> str:
 _ARRAYS = ("x_train", "y", "kernel", "alpha", "cholesky")
 
 
+def _model_arrays(x_train: np.ndarray, fit: KernelRidgeFit) -> dict[str, np.ndarray]:
+    return {"x_train": x_train, "y": fit.y, "kernel": fit.kernel, "alpha": fit.alpha, "cholesky": fit.cholesky[0]}
+
+
 def write_model_arrays(folder: Path, x_train: np.ndarray, fit: KernelRidgeFit) -> None:
     """Save what a stored model needs (also called on Dask workers for fit jobs)."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"x_train": x_train, "y": fit.y, "kernel": fit.kernel, "alpha": fit.alpha, "cholesky": fit.cholesky[0]}
+    arrays = _model_arrays(x_train, fit)
     for name in _ARRAYS:
         _save(folder / f"{name}.npy", arrays[name])
 
@@ -106,28 +160,50 @@ class ModelStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def create(self, owner: str, meta: dict[str, Any], x_train: np.ndarray, fit: KernelRidgeFit) -> StoredModel:
+    def create(self, owner: str, meta: dict[str, Any], x_train: np.ndarray, fit: KernelRidgeFit,
+               on_commit: Callable[[str], None] | None = None) -> StoredModel:
+        """Write and record a new model; ``on_commit(model_id)`` writes in the same ledger transaction
+        (the Idempotency-Key record). A model that does not fit is a 507 that leaves nothing behind."""
         model_id = new_model_id()
         staging = self.staging_folder(model_id)
-        write_model_arrays(staging, x_train, fit)
-        return self.register(model_id, owner, model_meta(meta, fit), (x_train, fit))
+        needed = sum(a.nbytes for a in _model_arrays(x_train, fit).values())
+        with writing("the model", "models", self.root, partial=[staging], needed_bytes=needed):
+            free = free_bytes(self.root)
+            if free is not None and needed > free:
+                raise insufficient_storage("the model", free, ["store", "models"], needed)
+            write_model_arrays(staging, x_train, fit)
+            return self.register(model_id, owner, model_meta(meta, fit), (x_train, fit), on_commit)
 
     def staging_folder(self, model_id: str) -> Path:
         """Where a model's arrays are written before :meth:`register` makes it visible."""
         return self.root / f".{model_id}"
 
     def register(self, model_id: str, owner: str, meta: dict[str, Any],
-                 in_memory: tuple[np.ndarray, KernelRidgeFit] | None = None) -> StoredModel:
-        """Move the staged arrays into place and record the model (the ledger row comes last).
+                 in_memory: tuple[np.ndarray, KernelRidgeFit] | None = None,
+                 on_commit: Callable[[str], None] | None = None) -> StoredModel:
+        """Move the staged arrays into place and record the model, in one ledger transaction (the
+        row is visible only with the folder in place). On failure the staged or moved folder is removed.
 
         ``in_memory``: the ``(x_train, fit)`` just written, so nothing is read back from disk.
         """
         meta = {**meta, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z")}
-        os.replace(self.staging_folder(model_id), self.root / model_id)
+        staging, final = self.staging_folder(model_id), self.root / model_id
         seq = time.time_ns()
-        self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?)",
-                        (model_id, owner, json.dumps(meta), meta["created_at"], seq))
+        moved = False
+        try:
+            with self.db.transaction():
+                self.db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?)",
+                                (model_id, owner, json.dumps(meta), meta["created_at"], seq))
+                if on_commit is not None:
+                    on_commit(model_id)
+                os.replace(staging, final)
+                moved = True
+        except BaseException:
+            remove(staging)
+            if moved:  # only a folder this call moved (never an existing model's)
+                remove(final)
+            raise
         row = {"id": model_id, "owner": owner, "meta": json.dumps(meta), "seq": seq}
         model = (self._load(row) if in_memory is None else
                  StoredModel(model_id, owner, meta, in_memory[0], in_memory[1], self.root / model_id, seq))

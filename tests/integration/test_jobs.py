@@ -38,10 +38,10 @@ def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 async def client(shared_settings: Settings):
     app = create_app(shared_settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c):
+        c.app = app  # type: ignore[attr-defined]
+        yield c
 
 
 def load_npy(response: httpx.Response) -> np.ndarray:
@@ -259,21 +259,21 @@ async def test_api_restart_mid_job_resumes_from_done_tiles(tmp_path: Path) -> No
     settings = Settings(data_dir=tmp_path, dask_workers=2, job_tile=16)
     x = RNG.normal(size=(400, 6))
     first = create_app(settings)
-    async with first.router.lifespan_context(first):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as c:
-            job = await submit(c, {"type": "gram", "kernel": NETWORK, "x1": await upload(c, x), "outputs": ["ntk"]})
-            await wait_for(c, job["id"], statuses=("running",))
-            while (await c.get(f"/v1/jobs/{job['id']}")).json()["progress"] < 0.1:
-                await asyncio.sleep(0.05)
+    async with (first.router.lifespan_context(first),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as c):
+        job = await submit(c, {"type": "gram", "kernel": NETWORK, "x1": await upload(c, x), "outputs": ["ntk"]})
+        await wait_for(c, job["id"], statuses=("running",))
+        while (await c.get(f"/v1/jobs/{job['id']}")).json()["progress"] < 0.1:
+            await asyncio.sleep(0.05)
     done_markers = tmp_path / "jobs" / job["id"] / "done"
     before = len(list(done_markers.iterdir()))
     second = create_app(settings)
-    async with second.router.lifespan_context(second):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://t") as c:
-            interrupted = (await c.get(f"/v1/jobs/{job['id']}")).json()
-            assert interrupted["status"] == "running" and interrupted["progress"] < 1.0
-            done = await wait_for(c, job["id"], timeout=180)
-            assert done["status"] == "succeeded", done
-            result = load_npy(await c.get(f"/v1/jobs/{job['id']}/result"))
+    async with (second.router.lifespan_context(second),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://t") as c):
+        interrupted = (await c.get(f"/v1/jobs/{job['id']}")).json()
+        assert interrupted["status"] == "running" and interrupted["progress"] < 1.0
+        done = await wait_for(c, job["id"], timeout=180)
+        assert done["status"] == "succeeded", done
+        result = load_npy(await c.get(f"/v1/jobs/{job['id']}/result"))
     assert 0 < before < len(list(done_markers.iterdir()))
     np.testing.assert_allclose(result, core_kernels.gram(RELU3_CORE, x, outputs=["ntk"])["ntk"], rtol=1e-12)
