@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,8 @@ import anyio
 from fastapi import FastAPI
 
 from core import kernels as core_kernels
+from service.bodies import BodyParser
+from service.compute import AdmissionController
 from service.errors import install_error_handlers
 from service.jobs.engine import ComputeEngine
 from service.middleware import RequestContextMiddleware
@@ -28,6 +32,7 @@ from service.routers import (
     trajectories,
 )
 from service.settings import Settings, get_settings
+from service.storage.faults import remove_stale_temporaries
 from service.storage.state import Storage
 
 API_VERSION = "1.0.0"
@@ -35,6 +40,7 @@ API_VERSION = "1.0.0"
 
 def _warm_up(done: threading.Event) -> None:
     core_kernels.warm_up()
+    gc.freeze()  # start-up's objects live for ever: keep them out of full collections (~0.1 s of GIL each)
     done.set()
 
 
@@ -45,15 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # what a crashed process left half-written (uploads, staged models); never jobs/
+        await anyio.to_thread.run_sync(remove_stale_temporaries, settings.data_dir, time.time())
         if not app.state.warm.is_set():  # compile the kernel engine before the first request needs it
             threading.Thread(target=_warm_up, args=(app.state.warm,), name="ntk-warm-up", daemon=True).start()
         if app.state.storage.jobs.active():  # resume what a previous process left running
             await jobs.runner_for(app).resume()
+        gc.freeze()  # as in _warm_up: a full collection then scans only what requests allocate
         yield
         if getattr(app.state, "runner", None) is not None:
             await app.state.runner.shutdown()
         await app.state.engine.close()
         app.state.storage.close()
+        app.state.body_parser.drop()
 
     app = FastAPI(
         title="NTK service",
@@ -72,6 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runner = None
     app.state.warm = threading.Event()
     app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_threads)
+    app.state.admission = AdmissionController(  # synchronous compute: slots, bounded queue, 503 beyond
+        settings.compute_threads, settings.compute_queue, settings.compute_queue_bytes,
+        settings.compute_queue_timeout, app.state.metrics)
+    app.state.body_parser = BodyParser(settings.compute_threads)  # large JSON bodies, off the event loop
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics,

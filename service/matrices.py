@@ -36,7 +36,8 @@ def wants_npy(media_type: str, outputs: list[str]) -> bool:
 def ensure_finite(results: dict[str, np.ndarray], dtype: str) -> None:
     """A result with NaN/Infinity is refused (422) rather than sent as ``null``."""
     for name, matrix in results.items():
-        if not np.isfinite(matrix).all():
+        # min and max propagate NaN and meet ±inf: two passes without a temporary (this runs on the loop)
+        if matrix.size and not (np.isfinite(matrix.min()) and np.isfinite(matrix.max())):
             raise ProblemError(
                 422, f"The {name} matrix overflows {dtype}: reduce the input scale, the weight/bias scales or "
                 "the depth, or use float64.", slug="non-finite-result", title="Result is not finite",
@@ -45,7 +46,10 @@ def ensure_finite(results: dict[str, np.ndarray], dtype: str) -> None:
 
 def render(npy: bool, outputs: list[str], results: dict[str, np.ndarray], dtype: str,
            extra: dict[str, object] | None = None) -> Response:
-    """JSON ``{"shape", "dtype", "results", **extra}`` or, with ``npy``, the one matrix as ``.npy``."""
+    """JSON ``{"shape", "dtype", "results", **extra}`` or, with ``npy``, the one matrix as ``.npy``.
+
+    Large answers are streamed and rendered off the event loop (:mod:`service.responses`).
+    """
     if npy:
         return npy_response(results[outputs[0]])
     first = results[outputs[0]]

@@ -1,5 +1,8 @@
 """The one ASGI middleware: request id, body-size limit, access log, metrics, last-resort 500.
 
+A request that ends without a response (its client disconnected while it waited for compute) is
+logged and counted with status 499, as nginx does.
+
 It sits inside Starlette's ServerErrorMiddleware and outside the exception handlers, so an
 unexpected exception becomes a ``500`` problem that leaks nothing and is logged with the
 request id.
@@ -76,6 +79,8 @@ class RequestContextMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise too_large(setting, f"Request body of {int(declared)} bytes exceeds {limit} bytes")
             await self.app(scope, receive_wrapper, send_wrapper)
+            if not response_started:  # the client left before its answer (a dropped queued computation)
+                status = 499
         except Exception as exc:  # noqa: BLE001 — the last line of defence
             if isinstance(exc, ProblemError):
                 problem = exc

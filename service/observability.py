@@ -8,7 +8,7 @@ import time
 from contextvars import ContextVar
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 logger = logging.getLogger("ntk.service")
@@ -60,3 +60,17 @@ class Metrics:
             ["method", "route"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        # admission control of synchronous compute (service.compute)
+        self.compute_running = Gauge("ntk_compute_running", "Synchronous computations holding a compute thread.",
+                                     registry=self.registry)
+        self.compute_queued = Gauge("ntk_compute_queued", "Synchronous computations admitted and not yet running "
+                                    "(body arriving, or waiting for a compute thread).",
+                                    registry=self.registry)
+        self.compute_queued_bytes = Gauge("ntk_compute_queued_bytes", "Request-body bytes of the computations not yet running.",
+                                          registry=self.registry)
+        self.compute_rejected = Counter(
+            "ntk_compute_rejected", "Synchronous computations answered 503, by reason (queue_full, queue_bytes, "
+            "queue_timeout).", ["reason"], registry=self.registry)
+        self.compute_abandoned = Counter(
+            "ntk_compute_abandoned", "Waiting computations dropped because their client disconnected.",
+            registry=self.registry)

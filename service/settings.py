@@ -45,6 +45,16 @@ class Settings(BaseSettings):
         10_000_000_000, ge=1, description="Most multiply-adds a synchronous lazy-training experiment may take.")
     max_dataset_bytes: int = Field(2 * 1024**3, ge=1, description="Largest dataset upload.")
     compute_threads: int = Field(2, ge=1, description="Synchronous computations running at once.")
+    compute_queue: int = Field(
+        8, ge=0, description="Synchronous computations that may wait for a free thread; beyond them a 503.")
+    compute_queue_bytes: int = Field(
+        512 * 1024**2, ge=0, description="Request-body bytes the computations not yet running may hold in all; "
+        "beyond, a 503.")
+    compute_queue_timeout: float = Field(
+        30.0, gt=0, description="Seconds a computation may wait for a free thread before it is answered 503.")
+    store_max_used_fraction: float = Field(
+        0.95, gt=0, le=1, description="/readyz reports not ready when the data directory's filesystem is fuller "
+        "than this (used / (used + available), as df shows it); 1 turns the check off.")
 
     # Asynchronous jobs (Dask).
     dask_address: str | None = Field(None, description="External scheduler, e.g. tcp://scheduler:8786; "
