@@ -10,8 +10,10 @@ from core import kernels as core_kernels
 from service.auth import Owner
 from service.checks import check_features, check_inputs, check_layers, check_result_size
 from service.compute import run_compute
+from service.inputs import resolve_datasets
 from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
 from service.npy import NPY_MEDIA_TYPE
+from service.routers.resources import storage
 from service.routers.v1 import v1_router
 from service.schemas.gram import KernelsRequest, KernelsResponse
 
@@ -22,11 +24,12 @@ NPY_200 = {200: {"description": "The Gram matrices (JSON), or the one requested 
 
 
 @router.post("/kernels", operation_id="computeKernels", response_model=KernelsResponse, responses=NPY_200)
-async def compute_kernels(body: KernelsRequest, request: Request, _owner: Owner) -> Response:
+async def compute_kernels(body: KernelsRequest, request: Request, owner: Owner) -> Response:
     """Gram matrices of a kernel: ``results[name][i][j] = k(x1[i], x2[j])``.
 
     With ``Accept: application/x-npy`` and exactly one output, the matrix as ``.npy``.
     """
+    resolve_datasets(body, storage(request), owner)
     settings = request.app.state.settings
     spec = body.kernel.to_core()
     outputs = resolve_outputs(spec, body.outputs)

@@ -18,6 +18,7 @@ from service.checks import (
     resolve_which,
 )
 from service.compute import run_compute
+from service.inputs import resolve_datasets
 from service.learning import (
     fit_model,
     model_predictions,
@@ -25,7 +26,7 @@ from service.learning import (
     trajectory_body,
 )
 from service.pagination import page
-from service.problems import too_large
+from service.problems import INSUFFICIENT_STORAGE, too_large
 from service.responses import ORJSONResponse
 from service.routers.resources import (
     IdempotencyKey,
@@ -78,11 +79,12 @@ def _spec(model: StoredModel) -> CoreKernelSpec:
 
 
 @router.post("/models", operation_id="createModel", status_code=201, response_model=ModelOut,
-             responses={201: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+             responses={201: {"headers": {"Location": {"schema": {"type": "string"}}}}, **INSUFFICIENT_STORAGE})
 async def create_model(body: ModelCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
                        ) -> Response:
     """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
     store = storage(request)
+    resolve_datasets(body, store, owner)
     fingerprint, existing = await earlier_creation(request, owner, "models", idempotency_key, store.models.get)
     if existing is not None:
         return _created(existing.id, existing.meta)
@@ -93,9 +95,9 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, idempo
                                body.ridge_mode)
     meta = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
             "ridge": body.ridge, "ridge_mode": body.ridge_mode}
-    model = await run_compute(request, store.models.create, owner, meta, body.x_train, fitted)
-    if idempotency_key is not None:
-        store.idempotency.remember(owner, "models", idempotency_key, fingerprint, model.id)
+    remember = None if idempotency_key is None else (
+        lambda model_id: store.idempotency.remember(owner, "models", idempotency_key, fingerprint, model_id))
+    model = await run_compute(request, store.models.create, owner, meta, body.x_train, fitted, remember)
     return _created(model.id, model.meta)
 
 
@@ -134,6 +136,7 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
     ntk_b and classic kernels the Gaussian-process posterior ``k** − k*ᵀ(K + ridge·I)⁻¹k*`` at
     t = ∞, and the same prior trained for ``time`` otherwise.
     """
+    resolve_datasets(body, storage(request), owner)
     model = await run_compute(request, _get, request, owner, model_id)
     check_features(model.x_train, body.x_test, ("x_train", "x_test"))
     settings = request.app.state.settings
@@ -150,6 +153,7 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
              responses=NOT_FOUND)
 async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Request, owner: Owner) -> Response:
     """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept)."""
+    resolve_datasets(body, storage(request), owner)
     model = await run_compute(request, _get, request, owner, model_id)
     check_trajectory_options(request.app.state.settings, body, model.x_train, model.fit.n_outputs)
     if body.x_test is not None:  # the test × training kernel (the training one exists already)

@@ -1,11 +1,15 @@
 """Shared field types: finite numbers, matrices, dtypes.
 
 Matrices are JSON lists of rows; after validation they are float64 numpy arrays
-(rectangular, non-empty, finite). Booleans and numeric strings are not numbers here.
+(rectangular, non-empty, finite). Booleans and numeric strings are not numbers here. Every
+array field (inputs and targets) also takes an uploaded dataset's id (``DatasetRef``), which the
+router replaces by the dataset's array (``service.inputs.resolve_datasets``).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Literal, TypeAlias
 
 import numpy as np
@@ -50,8 +54,6 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 
 
 _Row = Annotated[list[FiniteFloat], Field(min_length=1)]
-#: An ``n × d`` matrix as a list of rows (n, d ≥ 1), validated into a float64 array.
-Matrix: TypeAlias = Annotated[list[_Row], Field(min_length=1), AfterValidator(_to_matrix)]
 
 
 _NESTED = {2: list[_Row], 3: list[list[_Row]], 4: list[list[list[_Row]]]}
@@ -67,7 +69,28 @@ def _depth(value: object) -> int:
     return depth
 
 
-def _to_inputs(value: object) -> np.ndarray:
+#: An uploaded dataset's id, in place of an array (``POST /v1/datasets``).
+DATASET_ID_PATTERN = r"^ds_[A-Za-z0-9_-]{1,64}$"
+_DATASET_ID = {"type": "string", "pattern": DATASET_ID_PATTERN,
+               "description": "the id of an uploaded .npy dataset (POST /v1/datasets), instead of the array"}
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRef:
+    """A dataset id where an array belongs: the router loads it (``service.inputs``)."""
+
+    id: str
+
+
+def _dataset_ref(value: str) -> DatasetRef:
+    if not re.fullmatch(DATASET_ID_PATTERN, value):
+        raise ValueError(f"a string here must be a dataset id like 'ds_…' (from POST /v1/datasets), got {value!r}")
+    return DatasetRef(value)
+
+
+def _to_inputs(value: object) -> np.ndarray | DatasetRef:
+    if isinstance(value, str):
+        return _dataset_ref(value)
     rank = min(max(_depth(value), 2), 4)  # shallower or deeper: the nearest form's errors
     try:
         _INPUT_ADAPTERS[rank].validate_python(value)
@@ -89,16 +112,19 @@ def _to_inputs(value: object) -> np.ndarray:
 #: Inputs of a kernel: ``n × d`` rows, or ``n × L × C`` / ``n × H × W × C`` (NHWC) for
 #: convolutional networks, validated into a float64 array of that rank.
 Inputs: TypeAlias = Annotated[
-    np.ndarray,
+    np.ndarray | DatasetRef,
     PlainValidator(_to_inputs),
     WithJsonSchema({
-        "anyOf": [adapter.json_schema() for adapter in _INPUT_ADAPTERS.values()],
-        "description": "n × d rows, or n × L × C / n × H × W × C (channels last) for convolutional networks.",
+        "anyOf": [adapter.json_schema() for adapter in _INPUT_ADAPTERS.values()] + [_DATASET_ID],
+        "description": "n × d rows, or n × L × C / n × H × W × C (channels last) for convolutional networks; "
+                       "or the id of an uploaded dataset of that shape.",
     }),
 ]
 
 
-def _to_targets(value: list[float] | list[list[float]]) -> np.ndarray:
+def _to_targets(value: list[float] | list[list[float]] | str) -> np.ndarray | DatasetRef:
+    if isinstance(value, str):
+        return _dataset_ref(value)
     if value and isinstance(value[0], list):
         return _to_matrix(value)  # type: ignore[arg-type]
     array = np.array(value, dtype=np.float64)
@@ -109,5 +135,7 @@ def _to_targets(value: list[float] | list[list[float]]) -> np.ndarray:
 
 #: Targets: a vector of ``n`` numbers (one output) or an ``n × k`` matrix (k outputs).
 Targets: TypeAlias = Annotated[
-    list[_Row] | Annotated[list[FiniteFloat], Field(min_length=1)], Field(min_length=1), AfterValidator(_to_targets)
+    list[_Row] | Annotated[list[FiniteFloat], Field(min_length=1)]
+    | Annotated[str, Field(pattern=DATASET_ID_PATTERN, description=_DATASET_ID["description"])],
+    Field(min_length=1), AfterValidator(_to_targets)
 ]

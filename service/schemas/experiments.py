@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 
 from service.schemas.common import (
     Dtype,
-    Integer,
     Inputs,
+    Integer,
     Positive,
     RequestModel,
     Targets,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import Dtype, Integer, Inputs, RequestModel
+from service.schemas.common import Dtype, Inputs, Integer, RequestModel
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
 OutputName = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$")]

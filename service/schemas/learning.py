@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StrictBool
 
 from service.schemas.common import (
-    Integer,
     Inputs,
+    Integer,
     NonNegative,
     Positive,
     RequestModel,

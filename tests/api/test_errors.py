@@ -40,7 +40,8 @@ async def test_non_finite_json_tokens(client: httpx.AsyncClient, token: bytes) -
         ([["1.0", 2.0]], "x1", "valid number"),
         ([[True, 2.0]], "x1", "valid number"),
         ([[None]], "x1", "valid number"),
-        ("abc", "x1", "valid list"),
+        ("abc", "x1", "must be a dataset id"),
+        (7, "x1", "valid list"),
     ],
 )
 async def test_bad_matrices(client: httpx.AsyncClient, x1: object, where: str, fragment: str) -> None:
