@@ -2,7 +2,7 @@
 """One-command set-up for a fresh machine that has only Python 3.11+.
 
     python3 dev.py serve [--host H] [--port P]   # venv + install + start the API on 127.0.0.1:8000
-    python3 dev.py test [pytest args...]         # venv + install with test extras + the whole suite
+    python3 dev.py test [pytest args...]         # venv + install with test extras + ruff + the whole suite
 
 The virtual environment lives in ``.venv``; it is (re)installed only when pyproject.toml changes.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+#: What ``test`` lints (rules: ``[tool.ruff.lint]`` in pyproject.toml) before running pytest.
+LINTED = ("core", "service", "tests", "bench", "deploy")
 
 
 def ensure_env(extras: str) -> None:
@@ -47,6 +49,10 @@ def main() -> int:
         ensure_env("")
         return subprocess.call([str(PYTHON), "-m", "service", "serve", *rest], cwd=ROOT)
     ensure_env("test")
+    lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", *LINTED], cwd=ROOT)
+    if lint != 0:
+        print("ruff check failed: fix the findings above (many with `.venv/bin/ruff check --fix`)", flush=True)
+        return lint
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
 
 

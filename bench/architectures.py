@@ -120,7 +120,7 @@ def main() -> None:
     print("Myrtle-5, 16×16×3, NTK + NNGP, float32")
     for n in (4, 16):
         x = rng.standard_normal((n, 16, 16, 3)).astype(np.float32)
-        best = min(timed(lambda: gram(spec, x, dtype=np.float32))[0] for _ in range(3))
+        best = min(timed(lambda x=x: gram(spec, x, dtype=np.float32))[0] for _ in range(3))
         print(f"  n={n:3d} in-process {best:7.3f} s   neural-tangents {NT_MYRTLE_16[n]:5.2f} s   "
               f"speed-up {NT_MYRTLE_16[n] / best:5.1f}×")
     x = rng.standard_normal((16, 16, 16, 3)).astype(np.float32)
@@ -131,7 +131,7 @@ def main() -> None:
     previous = None
     for n in ((16, 32) if args.quick else (16, 32, 64)):
         x = rng.standard_normal((n, 32, 32, 3)).astype(np.float32)
-        seconds, peak = timed(lambda: gram(spec, x, dtype=np.float32))
+        seconds, peak = timed(lambda x=x: gram(spec, x, dtype=np.float32))
         ratio = "" if previous is None else f"   t(n)/t(n/2) {seconds / previous:4.2f}"
         print(f"  n={n:3d} {seconds:7.2f} s   peak RSS {peak:5.2f} GB{ratio}")
         previous = seconds

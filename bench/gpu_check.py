@@ -20,8 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.kernels import (RBF, Activation, Dense, Laplace, Network, Polynomial, TwoLayerRelu,  # noqa: E402
-                          gram_block)
+from core.kernels import RBF, Activation, Dense, Laplace, Network, Polynomial, TwoLayerRelu, gram_block  # noqa: E402
 from core.tiling import plan_tiles  # noqa: E402
 
 RELU3 = Network((Dense(1.4, 0.1), Activation("relu")) * 3 + (Dense(1.0, 0.1),))

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.kernels import Activation, Dense, Network, gram
+from core.kernels import Activation, Dense, Network, gram  # noqa: E402 — after the sys.path entry
 
 LAYERS = [{"type": "dense", "w_std": 1.4, "b_std": 0.1}, {"type": "relu"}] * 3 + [{"type": "dense", "b_std": 0.1}]
 SPEC = Network((Dense(1.4, 0.1), Activation("relu")) * 3 + (Dense(1.0, 0.1),))

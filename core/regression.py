@@ -33,6 +33,10 @@ from core.dynamics.spectral import EPS, as_square
 from core.dynamics.trajectory import as_targets
 
 RidgeMode = Literal["absolute", "relative"]
+#: How a prediction's variance is computed (see :func:`variance_model`).
+VarianceModel = Literal["ntk_ensemble", "gp_posterior", "gp_trained"]
+#: Kernel outputs whose predictive variance is the Lee et al. (2019) ensemble of trained networks.
+ENSEMBLE_OUTPUTS = ("ntk", "ntk_a")
 
 
 class SingularKernelError(ValueError):
@@ -222,3 +226,17 @@ def ntk_ensemble_variance(
     g = ((th_sx @ v) * phi) @ v.T  # Θ(x*, X) T   (m × n)
     var = k_ss + np.einsum("ij,ij->i", g @ k_xx, g) - 2.0 * np.einsum("ij,ij->i", g, k_sx)
     return np.maximum(var, 0.0)
+
+
+def variance_model(which: str, time: Time = None) -> VarianceModel:
+    """Which predictive variance a model fitted on kernel output ``which`` has at ``time`` (None: t = ∞).
+
+    - ``"ntk_ensemble"`` (``ntk``, ``ntk_a``): the infinite-width ensemble trained by gradient flow
+      for ``time``, :func:`ntk_ensemble_variance` with the network's NNGP as 𝒦;
+    - ``"gp_posterior"`` (``nngp``, ``ntk_b``, classic kernels at t = ∞): :func:`gp_variance`;
+    - ``"gp_trained"`` (the same at a finite time): that prior trained for ``time``, the ensemble
+      formula with Θ = 𝒦 = K.
+    """
+    if which in ENSEMBLE_OUTPUTS:
+        return "ntk_ensemble"
+    return "gp_posterior" if time is None else "gp_trained"

@@ -16,9 +16,11 @@ from service.bodies import BodyParser
 from service.compute import AdmissionController
 from service.errors import install_error_handlers
 from service.jobs.engine import ComputeEngine
+from service.jobs.runner import JobRunner
 from service.middleware import RequestContextMiddleware
 from service.observability import Metrics
 from service.openapi_doc import DESCRIPTION, build_openapi
+from service.resources import job_spec
 from service.responses import ORJSONResponse
 from service.routers import (
     datasets,
@@ -56,11 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not app.state.warm.is_set():  # compile the kernel engine before the first request needs it
             threading.Thread(target=_warm_up, args=(app.state.warm,), name="ntk-warm-up", daemon=True).start()
         if app.state.storage.jobs.active():  # resume what a previous process left running
-            await jobs.runner_for(app).resume()
+            await app.state.runner.resume()
         gc.freeze()  # as in _warm_up: a full collection then scans only what requests allocate
         yield
-        if getattr(app.state, "runner", None) is not None:
-            await app.state.runner.shutdown()
+        await app.state.runner.shutdown()
         await app.state.engine.close()
         app.state.storage.close()
         app.state.body_parser.drop()
@@ -79,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.storage = Storage(settings.data_dir)
     app.state.engine = ComputeEngine(settings)
-    app.state.runner = None
+    # built here with the other collaborators, not in the lifespan: an app driven without its
+    # lifespan (some tests, schemathesis) still runs jobs; the lifespan resumes and stops them
+    app.state.runner = JobRunner(app.state.storage, app.state.engine, job_spec)
     app.state.warm = threading.Event()
     app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_threads)
     app.state.admission = AdmissionController(  # synchronous compute: slots, bounded queue, 503 beyond

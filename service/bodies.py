@@ -14,6 +14,7 @@ validation errors become the same ``RequestValidationError`` (a 422 problem), at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -137,10 +138,8 @@ class BodyBuffer:
 
     def close(self) -> None:
         if isinstance(self.data, mmap.mmap):
-            try:
+            with contextlib.suppress(BufferError):  # still viewed somewhere: it goes with its last reference
                 self.data.close()
-            except BufferError:  # still viewed somewhere: the mapping goes with its last reference
-                pass
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -28,15 +28,13 @@ from core.regression import (
     gp_variance,
     ntk_ensemble_variance,
     predict,
+    variance_model,
 )
 from service.matrices import ensure_finite
 from service.problems import ProblemError, invalid
 from service.storage.models import StoredModel
 
 F = TypeVar("F", bound=Callable[..., Any])
-#: Outputs whose predictive variance is the Lee et al. (2019) ensemble of trained networks;
-#: the others (nngp, ntk_b, classic kernels) are Gaussian-process posteriors.
-ENSEMBLE_OUTPUTS = ("ntk", "ntk_a")
 
 
 def client_errors(fn: F) -> F:
@@ -82,7 +80,8 @@ def model_predictions(model: StoredModel, spec: KernelSpec, x_test: np.ndarray, 
     if not variance:
         return mean, None
     n_norm = normalization_count(fitted.y.size, normalization)  # type: ignore[arg-type]
-    if which in ENSEMBLE_OUTPUTS:
+    kind = variance_model(which, time)
+    if kind == "ntk_ensemble":
         nngp_train = model.extra("nngp", lambda: _gram(spec, "nngp", model.x_train))
         var = ntk_ensemble_variance(
             fitted.kernel, cross, nngp_train, _gram(spec, "nngp", x_test, model.x_train),
@@ -92,9 +91,9 @@ def model_predictions(model: StoredModel, spec: KernelSpec, x_test: np.ndarray, 
         )
     else:
         diag = core_kernels.gram_diagonal(spec, x_test, outputs=[which])[which]
-        if time is None:
+        if kind == "gp_posterior":
             var = gp_variance(fitted, cross, diag)
-        else:  # the same prior trained for a finite time: the ensemble formula with Θ = 𝒦 = K
+        else:  # "gp_trained": the same prior trained for a finite time, the ensemble formula with Θ = 𝒦 = K
             var = ntk_ensemble_variance(fitted.kernel, cross, fitted.kernel, cross, diag, time=time,
                                         learning_rate=learning_rate, normalization_n=n_norm,
                                         ridge_effective=fitted.ridge_effective, basis=model.basis())

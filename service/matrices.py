@@ -13,6 +13,10 @@ from service.npy import NPY_MEDIA_TYPE
 from service.problems import ProblemError, invalid
 from service.responses import ORJSONResponse, npy_response
 
+#: The 200 of a Gram endpoint in OpenAPI: JSON matrices, or one matrix as .npy.
+NPY_200 = {200: {"description": "The Gram matrices (JSON), or the one requested matrix as .npy.",
+                 "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+
 
 def resolve_outputs(spec: KernelSpec, requested: Sequence[str] | None) -> list[str]:
     """The requested matrix names (deduplicated, in order), or all the kernel yields; 422 otherwise."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from contextvars import ContextVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.timestamps import utc_timestamp
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 logger = logging.getLogger("ntk.service")
@@ -21,7 +22,7 @@ class JSONLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

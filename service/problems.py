@@ -87,6 +87,11 @@ def too_large(limit: str, detail: str, advice: str = "Submit large work as an as
     )
 
 
+def job_failed(detail: str) -> dict[str, Any]:
+    """The problem document (JSON-ready) stored as a failed job's ``error``."""
+    return {"type": PROBLEM_BASE + "job-failed", "title": "Job failed", "status": 422, "detail": detail, "errors": []}
+
+
 #: The OpenAPI response of operations that write to the data store (``responses=`` of a route).
 INSUFFICIENT_STORAGE: dict[int | str, dict[str, Any]] = {507: {
     "description": "What the request would store does not fit in the data directory; nothing of it was kept.",

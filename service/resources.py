@@ -1,5 +1,7 @@
-"""What the resource routers (datasets, models, jobs) share: storage access, 404s, creation
-responses, the Idempotency-Key header, and kernel specs stored as JSON."""
+"""What the resource routers (datasets, models, jobs) share: the owned-resource lookup, 404s,
+creation responses, the Idempotency-Key header, kernel specs stored as JSON and the model document.
+
+Routers import from here, never from one another."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pydantic import TypeAdapter
 from starlette.responses import Response
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
+from service.jobs.ledger import Job
 from service.openapi_doc import problem
 from service.problems import ProblemError
 from service.responses import ORJSONResponse
@@ -27,11 +30,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
                                                           "original resource; the same key with another body is 422.")]
 
 
-def storage(request: Request) -> Storage:
-    return request.app.state.storage
-
-
-async def earlier_creation(request: Request, owner: str, endpoint: str, key: str | None,
+async def earlier_creation(request: Request, store: Storage, owner: str, endpoint: str, key: str | None,
                            fetch: Callable[[str, str], T | None]) -> tuple[str, T | None]:
     """``(fingerprint of this body, what an earlier request with the same key and body created)``.
 
@@ -40,7 +39,7 @@ async def earlier_creation(request: Request, owner: str, endpoint: str, key: str
     fingerprint = hashlib.sha256(await request.body()).hexdigest()
     if key is None:
         return fingerprint, None
-    earlier = storage(request).idempotency.lookup(owner, endpoint, key, fingerprint)
+    earlier = store.idempotency.lookup(owner, endpoint, key, fingerprint)
     return fingerprint, fetch(owner, earlier) if earlier else None
 
 
@@ -52,6 +51,14 @@ def not_found(kind: str, resource_id: str) -> ProblemError:
     return ProblemError(404, f"No {kind} {resource_id!r} for this API key.", slug="not-found")
 
 
+def owned(kind: str, fetch: Callable[[str, str], T | None], owner: str, resource_id: str) -> T:
+    """The ``kind`` (dataset, model, job) ``resource_id`` of ``owner`` loaded by ``fetch(owner, id)``, or 404."""
+    resource = fetch(owner, resource_id)
+    if resource is None:
+        raise not_found(kind, resource_id)
+    return resource
+
+
 def created(document: Any, location: str, status_code: int = 201) -> Response:
     return ORJSONResponse(document, status_code=status_code, headers={"Location": location})
 
@@ -59,3 +66,18 @@ def created(document: Any, location: str, status_code: int = 201) -> Response:
 def stored_spec(kernel: dict[str, Any]) -> CoreKernelSpec:
     """The core spec of a kernel stored as request JSON (validated again, never trusted)."""
     return _KERNEL.validate_python(kernel).to_core()
+
+
+def job_spec(job: Job) -> CoreKernelSpec:
+    """The core spec of a job's kernel (the job runner rebuilds it from the stored request)."""
+    return stored_spec(job.request["kernel"])
+
+
+def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The public description of a stored model (ModelOut)."""
+    cond = meta["condition_number"]
+    return {"id": model_id, "n_train": meta["n_train"], "n_outputs": meta["n_outputs"], "kernel": meta["kernel"],
+            "which": meta["which"], "ridge": meta["ridge"], "ridge_mode": meta["ridge_mode"],
+            "train_residual_norm": meta["train_residual_norm"],
+            "condition_number": cond if cond is not None and cond < float("inf") else None,
+            "created_at": meta["created_at"]}

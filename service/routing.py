@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +29,9 @@ from service.bodies import BodyBuffer, loads
 from service.compute import ADMITTED_OPERATIONS, OVERLOADED_RESPONSE, TICKET_SCOPE_KEY, ClientGone
 from service.negotiation import negotiate
 from service.observability import logger
+from service.openapi_doc import COMMON_ERRORS
 from service.problems import ProblemError
+from service.responses import ORJSONResponse
 
 #: Bodies larger than this are parsed (and validated) off the event loop.
 _OFF_LOOP_PARSE_BYTES = 1 << 20
@@ -182,3 +185,9 @@ class NTKRoute(APIRoute):
             return await handler(request)
 
         return route_handler
+
+
+def v1_router(tag: str) -> APIRouter:
+    """A router for one resource, mounted under ``/v1``: NTK route class, the shared problem responses."""
+    return APIRouter(prefix="/v1", tags=[tag], route_class=NTKRoute, responses=COMMON_ERRORS,
+                     default_response_class=ORJSONResponse)

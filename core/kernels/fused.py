@@ -249,7 +249,7 @@ def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
     for o in range(ops.shape[0]):
         op = ops[o]
         k = act[o]
-        if op == OP_ADD_SLOT or op == OP_MUL_SLOT:
+        if op == OP_ADD_SLOT or op == OP_MUL_SLOT:  # noqa: SIM109 — no tuple in the compiled loop
             s = int(prm[o, 0])
             sn = stack[s, 0]
             st = stack[s, 1]

@@ -270,9 +270,8 @@ def check_param(param: Param, value: Any, where: str) -> None:
             raise ValueError(f"{name} must list 1 or 2 integers (one per spatial axis), got {value!r}")
         if not all(_is_int(v) and _in_range(param, int(v)) for v in value):
             raise ValueError(f"{name} entries must be integers {_range_text(param)}, got {value!r}")
-    elif param.kind == "choice":
-        if value not in param.choices:
-            raise ValueError(f"{name} must be one of {list(param.choices)}, got {value!r}")
+    elif param.kind == "choice" and value not in param.choices:
+        raise ValueError(f"{name} must be one of {list(param.choices)}, got {value!r}")
 
 
 def validate_layer(layer: S.Layer, where: str) -> None:

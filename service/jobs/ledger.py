@@ -8,7 +8,6 @@ failed, and a small ``result`` reference (e.g. the model id of a fit job).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import secrets
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.storage.db import Database
+from service.timestamps import utc_timestamp
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -25,10 +25,6 @@ _ID = re.compile(r"^job_[0-9a-f]{24}$")
 
 def new_job_id() -> str:
     return f"job_{secrets.token_hex(12)}"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +59,7 @@ class JobLedger:
     def create(self, job_id: str, owner: str, job_type: str, request: dict[str, Any], plan: dict[str, Any]) -> Job:
         self.db.execute(
             "INSERT INTO jobs VALUES (?, ?, ?, 'queued', 0.0, ?, NULL, NULL, NULL, ?, ?, NULL, ?)",
-            (job_id, owner, job_type, now(), json.dumps(request), json.dumps(plan), time.time_ns()),
+            (job_id, owner, job_type, utc_timestamp(), json.dumps(request), json.dumps(plan), time.time_ns()),
         )
         return self.require(job_id)
 
@@ -88,7 +84,7 @@ class JobLedger:
 
     def start(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?) "
-                        "WHERE id=? AND status IN ('queued', 'running')", (now(), job_id))
+                        "WHERE id=? AND status IN ('queued', 'running')", (utc_timestamp(), job_id))
 
     def progress(self, job_id: str, fraction: float) -> None:
         self.db.execute("UPDATE jobs SET progress=MAX(progress, ?) WHERE id=? AND status='running'",
@@ -103,7 +99,7 @@ class JobLedger:
         self.db.execute(
             "UPDATE jobs SET status=?, finished_at=?, error=?, result=?, progress=CASE WHEN ?='succeeded' THEN 1.0 "
             "ELSE progress END WHERE id=? AND status IN ('queued', 'running')",
-            (status, now(), json.dumps(error) if error else None, json.dumps(result) if result else None, status,
+            (status, utc_timestamp(), json.dumps(error) if error else None, json.dumps(result) if result else None, status,
              job_id),
         )
         return True

@@ -26,13 +26,9 @@ from service.jobs.tasks import (
     trajectory_task,
 )
 from service.observability import logger
+from service.problems import job_failed
 from service.storage.models import ModelStore
 from service.storage.state import Storage
-
-
-def _problem(detail: str) -> dict[str, Any]:
-    return {"type": "https://ntk-service.dev/problems/job-failed", "title": "Job failed", "status": 422,
-            "detail": detail, "errors": []}
 
 
 class JobRunner:
@@ -82,7 +78,7 @@ class JobRunner:
             raise  # API shutdown or a cancel request: the ledger says which
         except Exception as exc:  # noqa: BLE001 — any other failure ends the job, never leaves it stuck
             logger.exception("job failed", extra={"job_id": job.id})
-            self.ledger.finish(job.id, "failed", error=_problem(f"{type(exc).__name__}: {exc}"))
+            self.ledger.finish(job.id, "failed", error=job_failed(f"{type(exc).__name__}: {exc}"))
 
     async def _follow(self, client: Any, futures: list[Any], done: int, total: int, job: Job) -> list[Any]:
         """Await ``futures`` as they complete, reporting progress.

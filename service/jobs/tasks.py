@@ -24,6 +24,7 @@ from distributed import WorkerPlugin
 from core.kernels import gram_block
 from core.kernels.spec import KernelSpec
 from service.jobs.results import write_tile
+from service.problems import job_failed
 
 CANCEL_FLAG = "CANCELLED"
 
@@ -57,8 +58,7 @@ class TaskFailed(Exception):
 
 
 def _fail(detail: str) -> TaskFailed:
-    return TaskFailed(orjson.dumps({"type": "https://ntk-service.dev/problems/job-failed", "title": "Job failed",
-                                    "status": 422, "detail": detail, "errors": []}).decode())
+    return TaskFailed(orjson.dumps(job_failed(detail)).decode())
 
 
 def load_input(path: str) -> np.ndarray:

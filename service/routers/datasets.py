@@ -9,17 +9,12 @@ from fastapi import Query, Request
 from starlette.responses import Response
 
 from service.auth import Owner
+from service.deps import StorageDep
 from service.npy import NPY_MEDIA_TYPE
 from service.pagination import page
 from service.problems import INSUFFICIENT_STORAGE, ProblemError
-from service.routers.resources import (
-    IdempotencyKey,
-    created,
-    not_found,
-    not_found_response,
-    storage,
-)
-from service.routers.v1 import v1_router
+from service.resources import IdempotencyKey, created, not_found_response, owned
+from service.routing import v1_router
 from service.schemas.datasets import DatasetList, DatasetOut
 from service.storage.datasets import Dataset
 
@@ -30,13 +25,6 @@ NOT_FOUND = not_found_response("dataset")
 def _out(d: Dataset) -> DatasetOut:
     return DatasetOut(id=d.id, name=d.name, shape=list(d.shape), dtype=d.dtype, sha256=d.sha256,  # type: ignore[arg-type]
                       bytes=d.bytes, created_at=d.created_at)
-
-
-def _get(request: Request, owner: str, dataset_id: str) -> Dataset:
-    dataset = storage(request).datasets.get(owner, dataset_id)
-    if dataset is None:
-        raise not_found("dataset", dataset_id)
-    return dataset
 
 
 def _created(dataset: Dataset) -> Response:
@@ -52,7 +40,7 @@ def _created(dataset: Dataset) -> Response:
                                    "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def create_dataset(
-    request: Request, owner: Owner, idempotency_key: IdempotencyKey = None,
+    request: Request, owner: Owner, store: StorageDep, idempotency_key: IdempotencyKey = None,
     name: Annotated[str | None, Query(max_length=200, description="A label of your choosing.")] = None,
 ) -> Response:
     """Upload one ``.npy`` array (streamed to disk, validated, never unpickled)."""
@@ -60,7 +48,6 @@ async def create_dataset(
     if content_type.split(";")[0].strip().lower() != NPY_MEDIA_TYPE:
         raise ProblemError(415, f"Upload the array as {NPY_MEDIA_TYPE} (numpy.save bytes), not {content_type!r}.",
                            slug="unsupported-media-type")
-    store = storage(request)
     tmp, header, sha256, size = await store.datasets.ingest(request.stream())
     if idempotency_key is not None:
         fingerprint = hashlib.sha256(f"{sha256}\0{name}".encode()).hexdigest()
@@ -81,24 +68,24 @@ async def create_dataset(
 
 @router.get("/datasets", operation_id="listDatasets", response_model=DatasetList)
 async def list_datasets(
-    request: Request, owner: Owner,
+    owner: Owner, store: StorageDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20, page_token: Annotated[str | None, Query(max_length=100)] = None,
 ) -> DatasetList:
     """The caller's datasets, newest first."""
-    store = storage(request).datasets
-    rows, token = page(lambda n, before: store.list(owner, n, before), lambda d: d.seq, limit, page_token)
+    datasets = store.datasets
+    rows, token = page(lambda n, before: datasets.list(owner, n, before), lambda d: d.seq, limit, page_token)
     return DatasetList(items=[_out(d) for d in rows], next_page_token=token)
 
 
 @router.get("/datasets/{dataset_id}", operation_id="getDataset", response_model=DatasetOut, responses=NOT_FOUND)
-async def get_dataset(dataset_id: str, request: Request, owner: Owner) -> DatasetOut:
+async def get_dataset(dataset_id: str, owner: Owner, store: StorageDep) -> DatasetOut:
     """One dataset's metadata."""
-    return _out(_get(request, owner, dataset_id))
+    return _out(owned("dataset", store.datasets.get, owner, dataset_id))
 
 
 @router.delete("/datasets/{dataset_id}", operation_id="deleteDataset", status_code=204, responses=NOT_FOUND,
                response_class=Response)
-async def delete_dataset(dataset_id: str, request: Request, owner: Owner) -> Response:
+async def delete_dataset(dataset_id: str, owner: Owner, store: StorageDep) -> Response:
     """Remove the dataset and its file."""
-    storage(request).datasets.delete(_get(request, owner, dataset_id))
+    store.datasets.delete(owned("dataset", store.datasets.get, owner, dataset_id))
     return Response(status_code=204)

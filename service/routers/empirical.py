@@ -12,12 +12,11 @@ from core.kernels.spec import Dense, KernelSpec, Network
 from service.auth import Owner
 from service.checks import check_features, check_inputs, check_layers, check_result_size
 from service.compute import run_compute
+from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
-from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
+from service.matrices import NPY_200, ensure_finite, render, resolve_outputs, wants_npy
 from service.problems import invalid, too_large
-from service.routers.kernels import NPY_200
-from service.routers.resources import storage
-from service.routers.v1 import v1_router
+from service.routing import v1_router
 from service.schemas.gram import EmpiricalKernelsRequest, EmpiricalKernelsResponse
 
 router = v1_router("kernels")
@@ -41,14 +40,15 @@ def _empirical_and_errors(
 
 @router.post("/empirical-kernels", operation_id="computeEmpiricalKernels", response_model=EmpiricalKernelsResponse,
              responses=NPY_200)
-async def compute_empirical_kernels(body: EmpiricalKernelsRequest, request: Request, owner: Owner) -> Response:
+async def compute_empirical_kernels(
+    body: EmpiricalKernelsRequest, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+) -> Response:
     """The exact ``⟨∇θ f(x), ∇θ f(x')⟩`` of one network of ``width`` drawn with ``seed``.
 
     ``relative_error_to_infinite[name]`` is ``‖K_width − K_∞‖_F / ‖K_∞‖_F`` against the
     infinite-width kernel of the same parameterization (with the same hidden widths).
     """
-    resolve_datasets(body, storage(request), owner)
-    settings = request.app.state.settings
+    resolve_datasets(body, store, owner)
     spec = body.kernel.to_core()
     outputs = resolve_outputs(spec, body.outputs)
     check_features(body.x1, body.x2)

@@ -14,12 +14,12 @@ from core.kernels.spec import Dense, Network
 from service.auth import Owner
 from service.checks import check_features, check_inputs, check_layers, check_targets
 from service.compute import run_compute
+from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
 from service.learning import client_errors
 from service.problems import invalid, too_large
 from service.responses import ORJSONResponse
-from service.routers.resources import storage
-from service.routers.v1 import v1_router
+from service.routing import v1_router
 from service.schemas.experiments import LazyTrainingOut, LazyTrainingRequest
 
 router = v1_router("experiments")
@@ -52,7 +52,9 @@ def _run(body: LazyTrainingRequest, spec: Any) -> dict[str, Any]:
 
 
 @router.post("/experiments/lazy-training", operation_id="lazyTraining", response_model=LazyTrainingOut)
-async def lazy_training(body: LazyTrainingRequest, request: Request, owner: Owner) -> Response:
+async def lazy_training(
+    body: LazyTrainingRequest, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+) -> Response:
     """Train a real network of ``width`` by gradient descent beside its NTK prediction.
 
     Both NTK predictions run gradient descent with the same learning rate and steps: ``ntk``
@@ -61,8 +63,7 @@ async def lazy_training(body: LazyTrainingRequest, request: Request, owner: Owne
     the fair comparison for one network). As width grows the gap and both relative changes
     shrink roughly like ``1/√width``.
     """
-    resolve_datasets(body, storage(request), owner)
-    settings = request.app.state.settings
+    resolve_datasets(body, store, owner)
     spec = body.kernel.to_core()
     check_layers(settings, spec)
     if isinstance(spec, Network) and not isinstance(spec.layers[-1], Dense):

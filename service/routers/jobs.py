@@ -9,30 +9,28 @@ import anyio
 from fastapi import Header, Query, Request
 from starlette.responses import Response
 
-from core.kernels.spec import KernelSpec as CoreKernelSpec
 from service.auth import Owner
 from service.compute import run_compute
+from service.deps import EngineDep, RunnerDep, SettingsDep, StorageDep
+from service.jobs.engine import ComputeEngine
 from service.jobs.ledger import ACTIVE, Job, new_job_id
 from service.jobs.planning import plan_gram, plan_learning
 from service.jobs.results import create_result_files, open_result, result_response
-from service.jobs.runner import JobRunner
 from service.negotiation import negotiate
 from service.npy import NPY_MEDIA_TYPE
 from service.openapi_doc import problem
 from service.pagination import page
 from service.problems import INSUFFICIENT_STORAGE, ProblemError
-from service.responses import ORJSONResponse
-from service.routers.models import model_document
-from service.routers.resources import (
+from service.resources import (
     IdempotencyKey,
     created,
     earlier_creation,
-    not_found,
+    model_document,
     not_found_response,
-    storage,
-    stored_spec,
+    owned,
 )
-from service.routers.v1 import v1_router
+from service.responses import ORJSONResponse
+from service.routing import v1_router
 from service.schemas.jobs import (
     GramJob,
     JobCreate,
@@ -43,19 +41,6 @@ from service.schemas.jobs import (
 
 router = v1_router("jobs")
 NOT_FOUND = not_found_response("job")
-def spec_of(job: Job) -> CoreKernelSpec:
-    return stored_spec(job.request["kernel"])
-
-
-def runner_for(app: Any) -> JobRunner:
-    """The app's job runner (created on first use)."""
-    if app.state.runner is None:
-        app.state.runner = JobRunner(app.state.storage, app.state.engine, spec_of)
-    return app.state.runner
-
-
-def runner(request: Request) -> JobRunner:
-    return runner_for(request.app)
 
 
 def _out(job: Job) -> dict[str, Any]:
@@ -64,15 +49,8 @@ def _out(job: Job) -> dict[str, Any]:
             "error": job.error, "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"}}
 
 
-def _get(request: Request, owner: str, job_id: str) -> Job:
-    job = storage(request).jobs.get(owner, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    return job
-
-
-async def _require_gpu(request: Request) -> None:
-    if not await request.app.state.engine.has_gpu_worker():
+async def _require_gpu(engine: ComputeEngine) -> None:
+    if not await engine.has_gpu_worker():
         raise ProblemError(503, "This job asks for a GPU but no worker with the Dask resource GPU=1 is connected; "
                            "start a GPU worker or submit with device \"cpu\".", slug="no-gpu-worker",
                            title="No GPU worker", headers={"Retry-After": "60"})
@@ -81,15 +59,14 @@ async def _require_gpu(request: Request) -> None:
 @router.post("/jobs", operation_id="createJob", status_code=202, response_model=JobOut,
              responses={503: problem("A GPU was requested but no GPU worker is connected (see Retry-After).")}
              | INSUFFICIENT_STORAGE)
-async def create_job(body: JobCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
-                     ) -> Response:
+async def create_job(body: JobCreate, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+                     jobs: RunnerDep, engine: EngineDep, idempotency_key: IdempotencyKey = None) -> Response:
     """Start a ``gram``, ``fit`` or ``trajectory`` job on the Dask engine; poll ``links.self``."""
-    store, settings = storage(request), request.app.state.settings
-    fingerprint, existing = await earlier_creation(request, owner, "jobs", idempotency_key, store.jobs.get)
+    fingerprint, existing = await earlier_creation(request, store, owner, "jobs", idempotency_key, store.jobs.get)
     if existing is not None:
         return _accepted(existing)
     job_id = new_job_id()
-    folder = runner(request).folder(job_id)
+    folder = jobs.folder(job_id)
     try:  # the folder is complete before the ledger row exists; a refused request leaves nothing
         if isinstance(body, GramJob):  # file work (links, result arrays) off the event loop
             plan = await run_compute(request, plan_gram, settings, store, owner, body, folder)
@@ -97,14 +74,14 @@ async def create_job(body: JobCreate, request: Request, owner: Owner, idempotenc
         else:
             plan = await run_compute(request, plan_learning, settings, store, owner, body, folder)
         if body.device == "gpu":  # after validation: a bad request is a 422 even without GPU workers
-            await _require_gpu(request)
+            await _require_gpu(engine)
         job = store.jobs.create(job_id, owner, body.type, body.model_dump(mode="json", exclude_none=True), plan)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     if idempotency_key is not None:
         store.idempotency.remember(owner, "jobs", idempotency_key, fingerprint, job.id)
-    runner(request).launch(job)
+    jobs.launch(job)
     return _accepted(job)
 
 
@@ -113,41 +90,39 @@ def _accepted(job: Job) -> Response:
 
 
 @router.get("/jobs", operation_id="listJobs", response_model=JobList)
-async def list_jobs(request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+async def list_jobs(owner: Owner, store: StorageDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                     page_token: Annotated[str | None, Query(max_length=100)] = None,
                     status: JobStatus | None = None) -> Response:
     """The caller's jobs, newest first, optionally only those with ``status``."""
-    ledger = storage(request).jobs
+    ledger = store.jobs
     rows, token = page(lambda n, before: ledger.list(owner, n, before, status), lambda j: j.seq, limit, page_token)
     return ORJSONResponse({"items": [_out(j) for j in rows], "next_page_token": token})
 
 
 @router.get("/jobs/{job_id}", operation_id="getJob", response_model=JobOut, responses=NOT_FOUND)
-async def get_job(job_id: str, request: Request, owner: Owner) -> Response:
+async def get_job(job_id: str, owner: Owner, store: StorageDep) -> Response:
     """Status and progress (tiles done / tiles total for gram jobs)."""
-    return ORJSONResponse(_out(_get(request, owner, job_id)))
+    return ORJSONResponse(_out(owned("job", store.jobs.get, owner, job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel", operation_id="cancelJob", status_code=202, response_model=JobOut,
              responses=NOT_FOUND | {409: problem("The job has already finished.")})
-async def cancel_job(job_id: str, request: Request, owner: Owner) -> Response:
+async def cancel_job(job_id: str, owner: Owner, store: StorageDep, jobs: RunnerDep) -> Response:
     """Cancel a queued or running job; tiles in flight finish without writing."""
-    job = _get(request, owner, job_id)
-    if job.status not in ACTIVE or not await runner(request).cancel(job):
+    job = owned("job", store.jobs.get, owner, job_id)
+    if job.status not in ACTIVE or not await jobs.cancel(job):
         raise ProblemError(409, f"Job {job_id} has already finished ({job.status}); nothing to cancel.",
                            slug="job-finished")
-    return ORJSONResponse(_out(_get(request, owner, job_id)), status_code=202)
+    return ORJSONResponse(_out(owned("job", store.jobs.get, owner, job_id)), status_code=202)
 
 
 @router.delete("/jobs/{job_id}", operation_id="deleteJob", status_code=204, responses=NOT_FOUND,
                response_class=Response)
-async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
+async def delete_job(job_id: str, request: Request, owner: Owner, store: StorageDep, jobs: RunnerDep) -> Response:
     """Cancel the job if needed and remove it and its result (a fit job's model too)."""
-    job = _get(request, owner, job_id)
-    jobs = runner(request)
+    job = owned("job", store.jobs.get, owner, job_id)
     if job.status in ACTIVE:
         await jobs.cancel(job)
-    store = storage(request)
     store.jobs.delete(job.id)
     if job.type == "fit" and job.result:
         model = store.models.get(owner, job.result["model_id"])
@@ -192,7 +167,7 @@ IfRangeHeader = Annotated[str | None, Header(
 @router.get("/jobs/{job_id}/result", operation_id="getJobResult", responses=NOT_FOUND | RESULT_CONTENT,
             response_class=Response)
 async def get_job_result(
-    job_id: str, request: Request, owner: Owner,
+    job_id: str, request: Request, owner: Owner, store: StorageDep, jobs: RunnerDep,
     rows: Annotated[str | None, Query(max_length=40, description="gram: a block of rows 'a:b'.")] = None,
     output: Annotated[str | None, Query(max_length=10, description="gram: which matrix (default: the first).")] = None,
     range_: RangeHeader = None, if_range: IfRangeHeader = None,
@@ -206,16 +181,16 @@ async def get_job_result(
     so downloads resume (`curl -C -`) and run as parallel parts; `If-Range` guards a resume against a
     changed result. A multi-range request is answered with the whole representation (`200`, as RFC
     9110 allows). `HEAD` gives the headers alone."""
-    job = _get(request, owner, job_id)
+    job = owned("job", store.jobs.get, owner, job_id)
     if job.status != "succeeded":
         raise ProblemError(409, f"Job {job_id} is {job.status}; its result exists once it has succeeded.",
                            slug="job-not-finished")
     wanted = NPY_MEDIA_TYPE if job.type == "gram" else "application/json"
     if negotiate(request.headers.get("accept"), [wanted]) is None:
         raise ProblemError(406, f"A {job.type} job's result is {wanted}.", slug="not-acceptable")
-    folder = runner(request).folder(job.id)
+    folder = jobs.folder(job.id)
     if job.type == "fit":
-        model = storage(request).models.get(owner, job.result["model_id"]) if job.result else None
+        model = store.models.get(owner, job.result["model_id"]) if job.result else None
         if model is None:
             raise ProblemError(404, "The model this job fitted was deleted.", slug="not-found")
         return ORJSONResponse(model_document(model.id, model.meta))

@@ -10,27 +10,24 @@ from core import kernels as core_kernels
 from service.auth import Owner
 from service.checks import check_features, check_inputs, check_layers, check_result_size
 from service.compute import run_compute
+from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
-from service.matrices import ensure_finite, render, resolve_outputs, wants_npy
-from service.npy import NPY_MEDIA_TYPE
-from service.routers.resources import storage
-from service.routers.v1 import v1_router
+from service.matrices import NPY_200, ensure_finite, render, resolve_outputs, wants_npy
+from service.routing import v1_router
 from service.schemas.gram import KernelsRequest, KernelsResponse
 
 router = v1_router("kernels")
 
-NPY_200 = {200: {"description": "The Gram matrices (JSON), or the one requested matrix as .npy.",
-                 "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
-
 
 @router.post("/kernels", operation_id="computeKernels", response_model=KernelsResponse, responses=NPY_200)
-async def compute_kernels(body: KernelsRequest, request: Request, owner: Owner) -> Response:
+async def compute_kernels(
+    body: KernelsRequest, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+) -> Response:
     """Gram matrices of a kernel: ``results[name][i][j] = k(x1[i], x2[j])``.
 
     With ``Accept: application/x-npy`` and exactly one output, the matrix as ``.npy``.
     """
-    resolve_datasets(body, storage(request), owner)
-    settings = request.app.state.settings
+    resolve_datasets(body, store, owner)
     spec = body.kernel.to_core()
     outputs = resolve_outputs(spec, body.outputs)
     check_features(body.x1, body.x2)

@@ -18,6 +18,7 @@ from service.checks import (
     resolve_which,
 )
 from service.compute import run_compute
+from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
 from service.learning import (
     fit_model,
@@ -27,17 +28,17 @@ from service.learning import (
 )
 from service.pagination import page
 from service.problems import INSUFFICIENT_STORAGE, too_large
-from service.responses import ORJSONResponse
-from service.routers.resources import (
+from service.resources import (
     IdempotencyKey,
     created,
     earlier_creation,
-    not_found,
+    model_document,
     not_found_response,
-    storage,
+    owned,
     stored_spec,
 )
-from service.routers.v1 import v1_router
+from service.responses import ORJSONResponse
+from service.routing import v1_router
 from service.schemas.learning import (
     ModelCreate,
     ModelList,
@@ -48,30 +49,19 @@ from service.schemas.learning import (
     TrajectoryOut,
 )
 from service.storage.models import StoredModel
+from service.storage.state import Storage
 
 router = v1_router("models")
 NOT_FOUND = not_found_response("model")
-
-
-def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The public description of a stored model (ModelOut)."""
-    cond = meta["condition_number"]
-    return {"id": model_id, "n_train": meta["n_train"], "n_outputs": meta["n_outputs"], "kernel": meta["kernel"],
-            "which": meta["which"], "ridge": meta["ridge"], "ridge_mode": meta["ridge_mode"],
-            "train_residual_norm": meta["train_residual_norm"],
-            "condition_number": cond if cond is not None and cond < float("inf") else None,
-            "created_at": meta["created_at"]}
 
 
 def _created(model_id: str, meta: dict[str, Any]) -> Response:
     return created(model_document(model_id, meta), f"/v1/models/{model_id}")
 
 
-def _get(request: Request, owner: str, model_id: str) -> StoredModel:
-    model = storage(request).models.get(owner, model_id)
-    if model is None:
-        raise not_found("model", model_id)
-    return model
+async def _get(request: Request, store: Storage, owner: str, model_id: str) -> StoredModel:
+    """The caller's model (its arrays loaded in a worker thread), or 404."""
+    return await run_compute(request, owned, "model", store.models.get, owner, model_id)
 
 
 def _spec(model: StoredModel) -> CoreKernelSpec:
@@ -80,17 +70,16 @@ def _spec(model: StoredModel) -> CoreKernelSpec:
 
 @router.post("/models", operation_id="createModel", status_code=201, response_model=ModelOut,
              responses={201: {"headers": {"Location": {"schema": {"type": "string"}}}}, **INSUFFICIENT_STORAGE})
-async def create_model(body: ModelCreate, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
-                       ) -> Response:
+async def create_model(body: ModelCreate, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+                       idempotency_key: IdempotencyKey = None) -> Response:
     """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
-    store = storage(request)
     resolve_datasets(body, store, owner)
-    fingerprint, existing = await earlier_creation(request, owner, "models", idempotency_key, store.models.get)
+    fingerprint, existing = await earlier_creation(request, store, owner, "models", idempotency_key, store.models.get)
     if existing is not None:
         return _created(existing.id, existing.meta)
     spec = body.kernel.to_core()
     which = resolve_which(spec, body.which)
-    check_training_set(request.app.state.settings, spec, body.x_train, body.y_train)
+    check_training_set(settings, spec, body.x_train, body.y_train)
     fitted = await run_compute(request, fit_model, spec, which, body.x_train, body.y_train, body.ridge,
                                body.ridge_mode)
     meta = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
@@ -102,33 +91,34 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, idempo
 
 
 @router.get("/models", operation_id="listModels", response_model=ModelList)
-async def list_models(request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+async def list_models(owner: Owner, store: StorageDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                       page_token: Annotated[str | None, Query(max_length=100)] = None) -> Response:
     """The caller's models, newest first."""
-    store = storage(request).models
-    rows, token = page(lambda n, before: store.metadata(owner, n, before), lambda r: r[2], limit, page_token)
+    models = store.models
+    rows, token = page(lambda n, before: models.metadata(owner, n, before), lambda r: r[2], limit, page_token)
     return ORJSONResponse({"items": [model_document(i, meta) for i, meta, _ in rows], "next_page_token": token})
 
 
 @router.get("/models/{model_id}", operation_id="getModel", response_model=ModelOut, responses=NOT_FOUND)
-async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
+async def get_model(model_id: str, request: Request, owner: Owner, store: StorageDep) -> Response:
     """One model's description."""
-    model = await run_compute(request, _get, request, owner, model_id)
+    model = await _get(request, store, owner, model_id)
     return ORJSONResponse(model_document(model.id, model.meta))
 
 
 @router.delete("/models/{model_id}", operation_id="deleteModel", status_code=204, responses=NOT_FOUND,
                response_class=Response)
-async def delete_model(model_id: str, request: Request, owner: Owner) -> Response:
+async def delete_model(model_id: str, request: Request, owner: Owner, store: StorageDep) -> Response:
     """Remove the model and its stored arrays."""
-    model = await run_compute(request, _get, request, owner, model_id)
-    await run_compute(request, storage(request).models.delete, model)  # removes n×n arrays: off the loop
+    model = await _get(request, store, owner, model_id)
+    await run_compute(request, store.models.delete, model)  # removes n×n arrays: off the loop
     return Response(status_code=204)
 
 
 @router.post("/models/{model_id}/predictions", operation_id="predictWithModel", response_model=PredictionOut,
              responses=NOT_FOUND)
-async def predict_with_model(model_id: str, body: PredictionRequest, request: Request, owner: Owner) -> Response:
+async def predict_with_model(model_id: str, body: PredictionRequest, request: Request, owner: Owner,
+                             settings: SettingsDep, store: StorageDep) -> Response:
     """Mean after training for ``time`` (null: t = ∞, kernel regression) and optional variance.
 
     Variance: for ``which`` ntk/ntk_a, the infinite-width ensemble trained by gradient flow for
@@ -136,10 +126,9 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
     ntk_b and classic kernels the Gaussian-process posterior ``k** − k*ᵀ(K + ridge·I)⁻¹k*`` at
     t = ∞, and the same prior trained for ``time`` otherwise.
     """
-    resolve_datasets(body, storage(request), owner)
-    model = await run_compute(request, _get, request, owner, model_id)
+    resolve_datasets(body, store, owner)
+    model = await _get(request, store, owner, model_id)
     check_features(model.x_train, body.x_test, ("x_train", "x_test"))
-    settings = request.app.state.settings
     check_prediction_work(settings, _spec(model), body.x_test, model.x_train.shape[0])
     entries = body.x_test.shape[0] * model.fit.n_outputs
     if entries > settings.max_result_entries:
@@ -151,13 +140,14 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
 
 @router.post("/models/{model_id}/trajectory", operation_id="modelTrajectory", response_model=TrajectoryOut,
              responses=NOT_FOUND)
-async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Request, owner: Owner) -> Response:
+async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Request, owner: Owner,
+                           settings: SettingsDep, store: StorageDep) -> Response:
     """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept)."""
-    resolve_datasets(body, storage(request), owner)
-    model = await run_compute(request, _get, request, owner, model_id)
-    check_trajectory_options(request.app.state.settings, body, model.x_train, model.fit.n_outputs)
+    resolve_datasets(body, store, owner)
+    model = await _get(request, store, owner, model_id)
+    check_trajectory_options(settings, body, model.x_train, model.fit.n_outputs)
     if body.x_test is not None:  # the test × training kernel (the training one exists already)
-        check_inputs(request.app.state.settings, _spec(model), body.x_test, "x_test", model.x_train.shape[0])
+        check_inputs(settings, _spec(model), body.x_test, "x_test", model.x_train.shape[0])
     fitted = model.fit
     y = fitted.y[:, 0] if fitted.y_was_1d else fitted.y
     basis = await run_compute(request, model.basis)

@@ -8,14 +8,17 @@ import shutil
 import sqlite3
 import tempfile
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from service.deps import ComputeLimiterDep, EngineDep, MetricsDep, SettingsDep, StorageDep, WarmDep
 from service.openapi_doc import problem
 from service.problems import ProblemError
 from service.responses import ORJSONResponse
+from service.settings import Settings
+from service.storage.state import Storage
 
 router = APIRouter(tags=["operations"], default_response_class=ORJSONResponse)
 
@@ -35,12 +38,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-def _store_check(request: Request) -> str:
-    data_dir = request.app.state.settings.data_dir
+def _store_check(settings: Settings, store: Storage) -> str:
+    data_dir = settings.data_dir
     os.makedirs(data_dir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".ready-"):
         pass
-    request.app.state.storage.db.ping()
+    store.db.ping()
     return "ok"
 
 
@@ -48,10 +51,10 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
 
-def _disk_check(request: Request) -> str:
+def _disk_check(settings: Settings) -> str:
     """How full the data directory's filesystem is; 503 above ``NTK_STORE_MAX_USED_FRACTION``."""
-    limit = request.app.state.settings.store_max_used_fraction
-    usage = shutil.disk_usage(request.app.state.settings.data_dir)
+    limit = settings.store_max_used_fraction
+    usage = shutil.disk_usage(settings.data_dir)
     used = usage.used / max(1, usage.used + usage.free)  # as df: blocks reserved for root count as neither
     state = f"{used:.1%} used, {usage.free} bytes ({_gib(usage.free)}) free of {_gib(usage.total)}"
     if used > limit:
@@ -68,17 +71,17 @@ def _disk_check(request: Request) -> str:
     responses={503: problem("A dependency (store or compute engine) is not reachable, or the data store is "
                             "fuller than NTK_STORE_MAX_USED_FRACTION.")},
 )
-async def readyz(request: Request) -> Readiness:
+async def readyz(settings: SettingsDep, store: StorageDep, engine: EngineDep, limiter: ComputeLimiterDep,
+                 warm_up: WarmDep) -> Readiness:
     """The data store is writable and not nearly full, and the compute engine accepts work."""
     checks: dict[str, str] = {}
     try:
-        checks["store"] = _store_check(request)
-        checks["disk"] = _disk_check(request)  # a nearly full store is a 503 of its own (not caught here)
+        checks["store"] = _store_check(settings, store)
+        checks["disk"] = _disk_check(settings)  # a nearly full store is a 503 of its own (not caught here)
     except (OSError, sqlite3.Error) as exc:
         raise ProblemError(503, f"The data store is not usable: {exc}", slug="not-ready",
                            headers={"Retry-After": "5"}) from None
-    engine = request.app.state.engine
-    if engine.started or request.app.state.settings.dask_address:
+    if engine.started or settings.dask_address:
         try:
             workers = await asyncio.wait_for(engine.workers(), timeout=30)
         except Exception as exc:  # noqa: BLE001 — any failure to reach the engine means not ready
@@ -87,8 +90,7 @@ async def readyz(request: Request) -> Readiness:
         checks["engine"] = f"ok ({len(workers)} Dask workers)"
     else:
         checks["engine"] = "ok (embedded cluster, starts with the first job)"
-    limiter = request.app.state.compute_limiter
-    warm = "" if request.app.state.warm.is_set() else ", kernel engine still compiling"
+    warm = "" if warm_up.is_set() else ", kernel engine still compiling"
     checks["compute"] = f"ok ({limiter.borrowed_tokens}/{int(limiter.total_tokens)} threads busy{warm})"
     return Readiness(status="ready", checks=checks)
 
@@ -98,6 +100,6 @@ async def readyz(request: Request) -> Readiness:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     response_class=Response,
 )
-async def metrics(request: Request) -> Response:
+async def metrics(collectors: MetricsDep) -> Response:
     """Prometheus text format: request counts and latencies by route and status."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(collectors.registry), media_type=CONTENT_TYPE_LATEST)

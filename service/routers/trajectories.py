@@ -8,25 +8,26 @@ from starlette.responses import Response
 from service.auth import Owner
 from service.checks import check_inputs, check_training_set, check_trajectory_options, resolve_which
 from service.compute import run_compute
+from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
 from service.learning import one_shot_trajectory, trajectory_body
 from service.responses import ORJSONResponse
-from service.routers.resources import storage
-from service.routers.v1 import v1_router
+from service.routing import v1_router
 from service.schemas.learning import TrajectoryOut, TrajectoryRequest
 
 router = v1_router("trajectories")
 
 
 @router.post("/trajectories", operation_id="computeTrajectory", response_model=TrajectoryOut)
-async def compute_trajectory(body: TrajectoryRequest, request: Request, owner: Owner) -> Response:
+async def compute_trajectory(
+    body: TrajectoryRequest, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
+) -> Response:
     """Training dynamics of the linearized network from f₀ = 0 under ``L = (1/2N)Σ‖f − y‖²``.
 
     flow: ``α(t) = K_r⁻¹(I − e^{−ηK_r t/N}) y``; gd: ``α(s) = K_r⁻¹(I − (I − ηK_r/N)^s) y``;
     ``f_t(X) = Kα(t)``, ``f_t(x*) = K(x*, X)α(t)``; all times from one eigendecomposition.
     """
-    resolve_datasets(body, storage(request), owner)
-    settings = request.app.state.settings
+    resolve_datasets(body, store, owner)
     spec = body.kernel.to_core()
     which = resolve_which(spec, body.which)
     check_training_set(settings, spec, body.x_train, body.y_train)

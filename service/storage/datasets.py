@@ -9,7 +9,6 @@ ledger cannot record it — is the 507 problem, with the temporary file removed.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from service.npy import NpyHeader, bad_npy, parse_header
 from service.problems import insufficient_storage
 from service.storage.db import Database
 from service.storage.faults import free_bytes, full_disk_problem, remove
+from service.timestamps import utc_timestamp
 
 _ID = re.compile(r"^ds_[0-9a-f]{24}$")
 _FLUSH = 1 << 20
@@ -129,7 +129,7 @@ class DatasetStore:
         dataset = Dataset(
             id=f"ds_{secrets.token_hex(12)}", owner=owner, name=name, shape=header.shape,
             dtype=str(header.dtype.newbyteorder("=").name), sha256=sha256, bytes=size,
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            created_at=utc_timestamp(),
             seq=time.time_ns(),
         )
         path = self.path(dataset.id)

@@ -7,6 +7,7 @@ resource's row and its ``Idempotency-Key`` record are kept together or not at al
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -70,10 +71,8 @@ class Database:
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                    try:
+                    with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
                 raise
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from service.problems import invalid
 from service.storage.db import Database
+from service.timestamps import utc_timestamp
 
 
 class IdempotencyKeys:
@@ -28,5 +27,5 @@ class IdempotencyKeys:
     def remember(self, owner: str, endpoint: str, key: str, fingerprint: str, resource_id: str) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-            (owner, endpoint, key, fingerprint, resource_id, dt.datetime.now(dt.UTC).isoformat()),
+            (owner, endpoint, key, fingerprint, resource_id, utc_timestamp()),
         )

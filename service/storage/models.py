@@ -15,7 +15,6 @@ removed) and the request that needed them still succeeds.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from core.regression import KernelRidgeFit
 from service.problems import insufficient_storage
 from service.storage.db import Database
 from service.storage.faults import free_bytes, is_disk_full, remove, writing
+from service.timestamps import utc_timestamp
 
 logger = logging.getLogger("ntk.service.storage")
 _ID = re.compile(r"^mdl_[0-9a-f]{24}$")
@@ -186,8 +186,7 @@ class ModelStore:
 
         ``in_memory``: the ``(x_train, fit)`` just written, so nothing is read back from disk.
         """
-        meta = {**meta, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z")}
+        meta = {**meta, "created_at": utc_timestamp()}
         staging, final = self.staging_folder(model_id), self.root / model_id
         seq = time.time_ns()
         moved = False

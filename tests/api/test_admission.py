@@ -209,7 +209,7 @@ async def test_a_client_gone_before_a_computation_step_gets_nothing_run(small_ap
 
 def test_every_admitted_operation_exists_and_documents_its_503(app: FastAPI) -> None:
     operations = {op["operationId"]: op for path in app.openapi()["paths"].values() for op in path.values()}
-    assert ADMITTED_OPERATIONS <= set(operations)
+    assert set(operations) >= ADMITTED_OPERATIONS
     for name in ADMITTED_OPERATIONS:
         assert "Retry-After" in operations[name]["responses"]["503"]["headers"]
 

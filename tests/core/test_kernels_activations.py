@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from core.kernels.activations import ACTIVATIONS
-from core.kernels.spec import CLOSED_FORM_ACTIVATIONS, Activation
 from core.kernels.rules import Context, PairState, activation_rule
+from core.kernels.spec import CLOSED_FORM_ACTIVATIONS, Activation
 from tests.core.kernels_testlib import (
     activation_functions,
     gaussian_pair_samples,
@@ -40,7 +40,7 @@ def closed_form(layer: Activation, q11: float, q22: float, q12: float) -> tuple[
     return out, float(rule.diagonal(np.array([q11]), layer)[0]), float(rule.diagonal(np.array([q22]), layer)[0])
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{l.name}({l.negative_slope})")
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda a: f"{a.name}({a.negative_slope})")
 @pytest.mark.parametrize("config", CONFIGS)
 def test_closed_form_matches_monte_carlo(layer: Activation, config: tuple[float, float, float]) -> None:
     q11, q22, q12 = config
@@ -63,7 +63,7 @@ def test_sign_derivative_kernel_is_zero_by_convention() -> None:
     assert out.ntk[0, 0] == 0.0
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{l.name}({l.negative_slope})")
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda a: f"{a.name}({a.negative_slope})")
 def test_diagonal_is_the_pair_formula_at_equal_arguments(layer: Activation) -> None:
     """A point with itself: the off-diagonal formula reproduces the diagonal exactly."""
     q = np.array([0.0, 1e-3, 0.7, 1.0, 3.0, 1e4])

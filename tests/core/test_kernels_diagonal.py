@@ -5,8 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.kernels import (RBF, Activation, Dense, Laplace, Linear, Network, Polynomial, TwoLayerRelu, gram,
-                          gram_diagonal, output_names)
+from core.kernels import (
+    RBF,
+    Activation,
+    Dense,
+    Laplace,
+    Linear,
+    Network,
+    Polynomial,
+    TwoLayerRelu,
+    gram,
+    gram_diagonal,
+    output_names,
+)
 
 SPECS = [
     Network((Dense(1.4, 0.1), Activation("relu"), Dense(1.2, 0.2), Activation("erf"), Dense(1.0))),

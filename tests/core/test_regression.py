@@ -22,6 +22,7 @@ from core.regression import (
     gp_variance,
     ntk_ensemble_variance,
     predict,
+    variance_model,
 )
 
 
@@ -224,3 +225,12 @@ def test_one_factorization_serves_every_later_call(monkeypatch):
     clone = pickle.loads(pickle.dumps(model))  # the lock is not pickled; the cached basis is
     np.testing.assert_array_equal(predict(clone, th_sx, time=0.5), predict(model, th_sx, time=0.5))
     assert calls["eigh"] == 1
+
+
+@pytest.mark.parametrize(("which", "time", "expected"), [
+    ("ntk", None, "ntk_ensemble"), ("ntk_a", 3.0, "ntk_ensemble"),
+    ("nngp", None, "gp_posterior"), ("ntk_b", None, "gp_posterior"), ("kernel", None, "gp_posterior"),
+    ("nngp", 0.0, "gp_trained"), ("kernel", 10.0, "gp_trained"),
+])
+def test_variance_model_by_output_and_time(which, time, expected) -> None:
+    assert variance_model(which, time) == expected

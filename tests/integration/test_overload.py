@@ -128,7 +128,7 @@ def test_overload_answers_503_with_retry_after_and_stays_responsive(server) -> N
 
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
-    assert 1 <= statuses.count(200) and 1 <= statuses.count(503), statuses
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
     for r in responses:
         if r.status_code == 503:
             assert r.headers["content-type"] == "application/problem+json"
