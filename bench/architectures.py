@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.rss import hwm_reset, status  # noqa: E402
 from core.kernels import gram  # noqa: E402
 from core.kernels import spec as S  # noqa: E402
 from core.kernels.registry import layer_to_json  # noqa: E402
@@ -56,30 +57,13 @@ def chain() -> S.Network:
     return S.Network(block * 3 + (S.Dense(1.4, 0.1),))
 
 
-def _hwm_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def timed(fn) -> tuple[float, float]:
     """(seconds, peak RSS in GB during the call; NaN where it cannot be reset)."""
-    reset = _hwm_reset()
+    reset = hwm_reset()
     start = time.perf_counter()
     fn()
     elapsed = time.perf_counter() - start
-    return elapsed, (_status("VmHWM") / 1e9 if reset else float("nan"))
+    return elapsed, (status("VmHWM") / 1e9 if reset else float("nan"))
 
 
 async def through_http(spec: S.Network, x: np.ndarray, repeat: int = 3) -> float:
@@ -105,7 +89,7 @@ async def through_http(spec: S.Network, x: np.ndarray, repeat: int = 3) -> float
                 start = time.perf_counter()
                 response = await client.post("/v1/kernels", json=body)
                 best = min(best, time.perf_counter() - start)
-                response.raise_for_status()
+                response.raise_forstatus()
     return best
 
 

@@ -27,24 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.rss import hwm_reset, status  # noqa: E402
 from core.kernels import Activation, Dense, Network, gram
-
-
-def _hwm_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _best_alternating(first, second, repeat: int) -> tuple[float, float]:
@@ -96,10 +80,10 @@ def main() -> None:
         tracemalloc.stop()
         del out
         rss = "n/a"
-        if _hwm_reset():
-            base = _status("VmRSS")
+        if hwm_reset():
+            base = status("VmRSS")
             out = gram(spec, x, dtype=dtype)
-            rss = f"{(_status('VmHWM') - base) / unit:.2f}"
+            rss = f"{(status('VmHWM') - base) / unit:.2f}"
             del out
         print(f"{np.dtype(dtype).name:8} {t_mm:9.3f} {t_k:9.3f} {t_k / t_mm:6.2f} {peak / unit:15.2f} {rss:>7}")
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from service.problems import invalid
 from service.schemas.common import DatasetRef
+from service.storage.datasets import Dataset
 from service.storage.state import Storage
 
 #: Array fields and the ranks they take (inputs: n × d, n × L × C, n × H × W × C; targets: n, n × k).
@@ -22,14 +23,22 @@ ARRAY_FIELDS: dict[str, tuple[int, ...]] = {
 }
 
 
-def load_dataset(store: Storage, owner: str, field: str, dataset_id: str, ranks: tuple[int, ...]) -> np.ndarray:
-    """The caller's dataset as a read-only array (422 at ``field`` when absent or of another rank)."""
+def requested_dataset(store: Storage, owner: str, field: str, dataset_id: str,
+                      ranks: tuple[int, ...] | None = None) -> Dataset:
+    """The caller's dataset named by a request's ``field`` (422 at the field when it does not exist for
+    this key, or has a rank not in ``ranks``); synchronous requests and jobs alike."""
     dataset = store.datasets.get(owner, dataset_id)
     if dataset is None:
         raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
-    if len(dataset.shape) not in ranks:
+    if ranks is not None and len(dataset.shape) not in ranks:
         raise invalid(["body", field], f"{field} must have rank {' or '.join(map(str, ranks))}, dataset "
                       f"{dataset_id} has shape {list(dataset.shape)}")
+    return dataset
+
+
+def load_dataset(store: Storage, owner: str, field: str, dataset_id: str, ranks: tuple[int, ...]) -> np.ndarray:
+    """The caller's dataset as a read-only array (``requested_dataset``'s 422s)."""
+    requested_dataset(store, owner, field, dataset_id, ranks)
     array = np.load(store.datasets.path(dataset_id), mmap_mode="r", allow_pickle=False)
     return array if len(ranks) > 2 else np.asarray(array, dtype=np.float64)  # targets: small, float64
 

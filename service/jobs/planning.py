@@ -18,6 +18,7 @@ from core.kernels.shapes import is_chain
 from core.kernels.spec import KernelSpec, Network
 from core.tiling import choose_tile, tile_count, tile_working_bytes, work_tile
 from service.checks import check_features, check_layers, check_shape, check_trajectory_options, resolve_which
+from service.inputs import requested_dataset
 from service.matrices import resolve_outputs
 from service.problems import insufficient_storage, invalid, too_large
 from service.schemas.jobs import FitJob, GramJob, TrajectoryJob
@@ -32,15 +33,7 @@ def _dataset(store: Storage, owner: str, field: str, dataset_id: str | None, ndi
              ) -> Dataset | None:
     """The caller's dataset ``dataset_id`` (422 at ``field`` if absent, or not of a rank in ``ndim``;
     inputs leave ``ndim`` out and are checked against the kernel by ``check_shape``)."""
-    if dataset_id is None:
-        return None
-    dataset = store.datasets.get(owner, dataset_id)
-    if dataset is None:
-        raise invalid(["body", field], f"no dataset {dataset_id!r} for this API key; upload it with POST /v1/datasets")
-    if ndim is not None and len(dataset.shape) not in ndim:
-        raise invalid(["body", field], f"{field} must be a {' or '.join(f'{n}-d' for n in ndim)} array, "
-                      f"dataset {dataset_id} has shape {list(dataset.shape)}")
-    return dataset
+    return None if dataset_id is None else requested_dataset(store, owner, field, dataset_id, ndim)
 
 
 def _shaped(dataset: Dataset | None) -> np.ndarray | None:
