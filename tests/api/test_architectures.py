@@ -26,6 +26,7 @@ from core.tiling import TILE_WORK, choose_tile
 from service.app import create_app
 from service.jobs.planning import gram_tile_rows
 from service.settings import Settings
+from tests.api.test_datasets import npy_bytes
 from tests.api.test_errors import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -209,14 +210,8 @@ async def test_work_estimate_over_the_limit_is_413(limited: httpx.AsyncClient) -
 
 
 # ------------------------------------------------------------------------- datasets, jobs
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 async def upload(client: httpx.AsyncClient, array: np.ndarray) -> str:
-    response = await client.post("/v1/datasets", content=npy(array), headers={"content-type": "application/x-npy"})
+    response = await client.post("/v1/datasets", content=npy_bytes(array), headers={"content-type": "application/x-npy"})
     assert response.status_code == 201, response.text
     assert response.json()["shape"] == list(array.shape)
     return response.json()["id"]
