@@ -120,6 +120,10 @@ class HealthProbe:
         self.latencies = [10.0 if v < 0 else v for v in values]
 
 
+#: Transport errors seen by the clients, by exception type (status 0 in the counts).
+ERRORS: dict[str, int] = {}
+
+
 async def one(client: httpx.AsyncClient, body: bytes, t0: float) -> tuple[int, float, float, int]:
     """(status, seconds to the status line, seconds to the last byte, body bytes); status 0 on error."""
     try:
@@ -130,7 +134,8 @@ async def one(client: httpx.AsyncClient, body: bytes, t0: float) -> tuple[int, f
             async for chunk in response.aiter_raw():
                 size += len(chunk)
             return response.status_code, answered, time.perf_counter() - t0, size
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
+        ERRORS[type(exc).__name__] = ERRORS.get(type(exc).__name__, 0) + 1
         return 0, time.perf_counter() - t0, time.perf_counter() - t0, 0
 
 
@@ -211,6 +216,8 @@ def main() -> None:
     finished = [f for _, _, f, _ in results]
     print(f"\n{args.clients} concurrent clients, one request each: statuses {dict(sorted(counts.items()))} "
           f"in {wall:.1f} s")
+    if ERRORS:
+        print(f"  client transport errors: {ERRORS}")
     print(f"  time to the status line: max {max(answered):.2f} s (200s: max {max((r[1] for r in ok), default=0):.2f} s; "
           f"503s: max {max((r[1] for r in results if r[0] == 503), default=0):.2f} s)")
     print(f"  time to the last byte:   max {max(finished):.2f} s; 200s "

@@ -5,7 +5,8 @@ For each request, in this order:
 2. ``Accept``: one of the media types the route produces, else 406;
 3. for routes with a JSON body: ``Content-Type`` JSON (or absent), else 415;
 4. for synchronous computations (:data:`service.compute.ADMITTED_OPERATIONS`): admission — a
-   place (compute slot or bounded queue), or an immediate 503 whose body is never read. The body
+   place (compute slot or bounded queue), or an immediate 503 (its body received and discarded,
+   never stored, so that a client still sending it reads the 503 rather than a reset). The body
    is then read, the request waits for a slot (dropped if its client disconnects) and keeps it
    until its response has been sent;
 5. the body is parsed with orjson, which refuses NaN/Infinity tokens (→ 422); bodies over 1 MiB
@@ -59,6 +60,15 @@ def _content_length(scope: Scope) -> int | None:
         if name == b"content-length" and value.isdigit():
             return int(value)
     return None
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Receive and drop the request body (bounded by the body-size limit upstream), so that the
+    client, which sends it before reading the answer, gets the answer instead of a reset."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _read_body(receive: Receive, declared: int | None) -> BodyBuffer | deque[bytes]:
@@ -146,7 +156,11 @@ class NTKRoute(APIRoute):
             return
         admission = scope["app"].state.admission
         declared = _content_length(scope)
-        ticket = admission.admit(declared or 0)  # 503 at once: the body is never read (uvicorn drains it)
+        try:
+            ticket = admission.admit(declared or 0)  # 503 at once, the body discarded unread
+        except ProblemError:
+            await _discard_body(receive)  # a client still sending would otherwise never read the 503
+            raise
         body: BodyBuffer | deque[bytes] = deque()
         try:
             body = await _read_body(receive, declared)
