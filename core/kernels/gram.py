@@ -9,8 +9,8 @@ CuPy on a GPU worker (reference engine; not exercised by the CPU test suite).
 Engines for network kernels (``network``, ``two_layer_relu``):
 
 - ``"fused"`` (the default on NumPy ``n × d`` inputs): one BLAS product ``<x, x'>`` written
-  straight into the buffer that becomes ``nngp`` (a symmetric rank-k update when ``x2`` is
-  ``x1``), then one compiled pass (``fused.py``) that runs every layer per entry — branches on a
+  straight into the buffer that becomes ``nngp`` (only its upper triangle, by row-block products
+  that release the GIL, when ``x2`` is ``x1``), then one compiled pass (``fused.py``) that runs every layer per entry — branches on a
   small per-row stack, ``layer_norm`` as a scaling — upper-triangle blocks only when symmetric.
   Per-point quantities come from the self passes of ``engine.py`` (O(n·layers)). Quadrature
   activations (outside branches) run vectorised between compiled segments, tile by tile.
