@@ -217,12 +217,24 @@ def block_edges(positions: int, n1: int, n2: int, entries: int = BLOCK_ENTRIES) 
     return b1, b2
 
 
-def _blocks(n1: int, n2: int, b1: int, b2: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+def blocks(n1: int, n2: int, b1: int, b2: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    """Row/column slices of ``b1 × b2`` blocks (square upper blocks only when symmetric)."""
     if symmetric:
         b1 = b2 = min(b1, b2)
     for i0 in range(0, n1, b1):
         for j0 in range(i0 if symmetric else 0, n2, b2):
             yield slice(i0, min(n1, i0 + b1)), slice(j0, min(n2, j0 + b2))
+
+
+def store_block(out: Array, rows: slice, cols: slice, block: Array, symmetric: bool) -> None:
+    """Write ``block`` at ``out[rows, cols]``; when symmetric, a diagonal block keeps its upper
+    triangle mirrored (exactly symmetric) and an off-diagonal one is written transposed too."""
+    xp = array_namespace(out)
+    if symmetric and rows == cols:
+        block = xp.triu(block) + xp.triu(block, 1).T
+    out[rows, cols] = block
+    if symmetric and rows != cols:
+        out[cols, rows] = block.T
 
 
 def network_gram(spec: S.Network, x1: Array, x2: Array | None, want_ntk: bool, entries: int = BLOCK_ENTRIES,
@@ -250,27 +262,22 @@ def network_gram(spec: S.Network, x1: Array, x2: Array | None, want_ntk: bool, e
     def run(block: tuple[slice, slice]) -> None:
         rs, cs = block
         out = pair_block(spec, x1[rs], other[cs], first.rows(rs), second.rows(cs), want_ntk, input_scale)
-        for target, value in ((nngp, out.nngp), (ntk, out.ntk)):
-            if target is None:
-                continue
-            target[rs, cs] = value
-            if symmetric and rs != cs:
-                target[cs, rs] = value.T
+        store_block(nngp, rs, cs, out.nngp, symmetric)
+        if ntk is not None:
+            store_block(ntk, rs, cs, out.ntk, symmetric)
 
-    blocks = list(_blocks(n1, n2, b1, b2, symmetric))
-    if len(blocks) > 1 and THREADS > 1 and xp is np:
+    todo = list(blocks(n1, n2, b1, b2, symmetric))
+    if len(todo) > 1 and THREADS > 1 and xp is np:
         # one block per thread, BLAS single-threaded meanwhile: its idle threads would spin on the
         # cores the blocks use (the limit is process-wide while it lasts)
         with ThreadPoolExecutor(THREADS) as pool, threadpool_limits(1, user_api="blas"):
-            list(pool.map(run, blocks))
+            list(pool.map(run, todo))
     else:
-        for block in blocks:
+        for block in todo:
             run(block)
-    if symmetric:  # diagonal blocks were computed whole: keep their upper triangle, mirrored
-        nngp = xp.triu(nngp) + xp.triu(nngp, 1).T
+    if symmetric:  # the exact diagonal from the self pass
         xp.fill_diagonal(nngp, first.nngp)
         if ntk is not None:
-            ntk = xp.triu(ntk) + xp.triu(ntk, 1).T
             xp.fill_diagonal(ntk, first.ntk)
     return nngp, ntk
 

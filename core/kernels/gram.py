@@ -35,7 +35,7 @@ import numpy as np
 from core.backend import array_namespace
 from core.kernels.activations import ACTIVATIONS
 from core.kernels.classic import classic_block
-from core.kernels.engine import network_gram, self_pass
+from core.kernels.engine import blocks, network_gram, self_pass, store_block
 from core.kernels.fused import (
     OP_ADD,
     OP_ADD_SLOT,
@@ -150,34 +150,16 @@ def _prepare(spec, x1, x2, outputs, dtype, engine):
 
 
 # ------------------------------------------------------------------------------------ tiles
-def _tiles(n1: int, n2: int, tile: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
-    """Row/column slices of the blocks to compute (upper blocks only when symmetric)."""
-    for i0 in range(0, n1, tile):
-        for j0 in range(i0 if symmetric else 0, n2, tile):
-            yield slice(i0, min(n1, i0 + tile)), slice(j0, min(n2, j0 + tile))
-
-
-def _store(out: Array, rows: slice, cols: slice, block: Array, symmetric: bool) -> None:
-    """Write ``block`` at ``out[rows, cols]`` (and its mirror image when symmetric)."""
-    xp = array_namespace(out)
-    if symmetric and rows == cols:
-        upper = xp.triu(block)
-        block = upper + xp.triu(block, 1).T
-    out[rows, cols] = block
-    if symmetric and rows != cols:
-        out[cols, rows] = block.T
-
-
 # ---------------------------------------------------------------------------- network paths
 def _numerical_in_place(layer: Activation, nngp: np.ndarray, ntk: np.ndarray | None, q1: np.ndarray,
                         q2: np.ndarray, symmetric: bool, tile: int) -> None:
     """A quadrature activation applied block by block to the full buffers (variances ``q1``, ``q2``)."""
     phi, dphi = FUNCTIONS[layer.name]
-    for rows, cols in _tiles(nngp.shape[0], nngp.shape[1], tile, symmetric):
+    for rows, cols in blocks(nngp.shape[0], nngp.shape[1], tile, tile, symmetric):
         new, dot = pair_matrix(phi, None if ntk is None else dphi, q1[rows], q2[cols], nngp[rows, cols])
-        _store(nngp, rows, cols, new, symmetric)
+        store_block(nngp, rows, cols, new, symmetric)
         if ntk is not None:
-            _store(ntk, rows, cols, ntk[rows, cols] * dot, symmetric)
+            store_block(ntk, rows, cols, ntk[rows, cols] * dot, symmetric)
 
 
 @dataclass
