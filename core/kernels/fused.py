@@ -44,13 +44,14 @@ OP_ERF = 4
 OP_SIGN = 5
 OP_GELU = 6
 OP_SIN = 7
-OP_SAVE = 8  # stack[slot] = (nngp, ntk)                                   params: slot
-OP_LOAD = 9  # (nngp, ntk) = stack[slot]                                   params: slot
-OP_ADD = 10  # stack[slot] += (nngp, ntk)                   (FanInSum)     params: slot
-OP_MUL = 11  # stack[slot] = (N·n, T·n + N·t)              (FanInProd)    params: slot
-OP_SCALE = 12  # nngp, ntk *= r1·r2 (layer_norm; r = 1/√(ε + q) in aux slot q)
-OP_ADD_SLOT = 13  # (nngp, ntk) += stack[slot]            (an identity branch of a sum)    params: slot
-OP_MUL_SLOT = 14  # (n, t) = (n·N, t·N + n·T), stack[slot] = (N, T)   (… of a product)     params: slot
+OP_SCALE = 8  # nngp, ntk *= r1·r2 (layer_norm; r = 1/√(ε + q) in aux slot q)
+# the branch stack (params: slot); OP_SAVE … OP_MUL_SLOT are consecutive
+OP_SAVE = 9  # stack[slot] = (nngp, ntk)
+OP_LOAD = 10  # (nngp, ntk) = stack[slot]
+OP_ADD = 11  # stack[slot] += (nngp, ntk)                    (FanInSum)
+OP_MUL = 12  # stack[slot] = (N·n, T·n + N·t)               (FanInProd)
+OP_ADD_SLOT = 13  # (nngp, ntk) += stack[slot]               (an identity branch of a sum)
+OP_MUL_SLOT = 14  # (n, t) = (n·N, t·N + n·T), stack[slot] = (N, T)   (… of a product)
 
 #: aux slot of each per-point quantity.
 SLOTS = {"m": 0, "p": 1, "ip": 2, "q": 3, "u": 4, "t": 5, "sP": 6, "g": 7}
@@ -241,6 +242,20 @@ def _op_sin(nn, nt, q1, q2, K):
         nt[j] = nt[j] * (e * (one + np.exp(-K[_TWO] * a)) * half)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _merge(dn, dt, sn, st, n, product):
+    """``(dn, dt)`` merged with ``(sn, st)`` in place: their sum, or their product rule
+    ``(dn·sn, dt·sn + dn·st)`` (FanInSum / FanInProd of two branches)."""
+    if product:
+        for j in range(n):
+            dt[j] = dt[j] * sn[j] + dn[j] * st[j]
+            dn[j] = dn[j] * sn[j]
+    else:
+        for j in range(n):
+            dn[j] = dn[j] + sn[j]
+            dt[j] = dt[j] + st[j]
+
+
 @njit(cache=True, error_model="numpy")
 def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
     """All opcodes over the row segment ``nn = nngp[i, js:je]``, ``nt = ntk[i, js:je]``;
@@ -249,19 +264,7 @@ def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
     for o in range(ops.shape[0]):
         op = ops[o]
         k = act[o]
-        if op == OP_ADD_SLOT or op == OP_MUL_SLOT:  # noqa: SIM109 — no tuple in the compiled loop
-            s = int(prm[o, 0])
-            sn = stack[s, 0]
-            st = stack[s, 1]
-            if op == OP_ADD_SLOT:
-                for j in range(n):
-                    nn[j] = nn[j] + sn[j]
-                    nt[j] = nt[j] + st[j]
-            else:
-                for j in range(n):
-                    nt[j] = nt[j] * sn[j] + nn[j] * st[j]
-                    nn[j] = nn[j] * sn[j]
-        elif op >= OP_SAVE and op <= OP_MUL:
+        if op >= OP_SAVE:
             s = int(prm[o, 0])
             sn = stack[s, 0]
             st = stack[s, 1]
@@ -273,14 +276,10 @@ def _run_row(nn, nt, i, js, je, ops, prm, act, rows, cols, K, stack):
                 for j in range(n):
                     nn[j] = sn[j]
                     nt[j] = st[j]
-            elif op == OP_ADD:
-                for j in range(n):
-                    sn[j] = sn[j] + nn[j]
-                    st[j] = st[j] + nt[j]
+            elif op == OP_ADD or op == OP_MUL:  # noqa: SIM109 - no tuple in the compiled loop
+                _merge(sn, st, nn, nt, n, op == OP_MUL)  # into the slot
             else:
-                for j in range(n):
-                    st[j] = st[j] * nn[j] + sn[j] * nt[j]
-                    sn[j] = sn[j] * nn[j]
+                _merge(nn, nt, sn, st, n, op == OP_MUL_SLOT)  # the slot into the current state
         elif op == OP_SCALE:
             r1 = rows[k, 3, i]
             r2 = cols[k, 3, js:je]
