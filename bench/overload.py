@@ -36,6 +36,10 @@ import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.rss import status as proc_status  # noqa: E402
+
 RELU3 = [{"type": "dense", "w_std": 1.41, "b_std": 0.1}, {"type": "relu"}] * 3 + [{"type": "dense"}]
 
 
@@ -198,9 +202,7 @@ def main() -> None:
             sampler.stop.set()
             sampler.join()
             hwm = psutil.Process(proc.pid).memory_full_info()
-            status_text = Path(f"/proc/{proc.pid}/status").read_text() if Path("/proc").exists() else ""
-            vm_hwm = next((int(line.split()[1]) * 1024 for line in status_text.splitlines()
-                           if line.startswith("VmHWM:")), 0)
+            vm_hwm = proc_status("VmHWM", proc.pid) if Path("/proc").exists() else 0
         finally:
             proc.terminate()
             try:

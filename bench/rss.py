@@ -13,9 +13,9 @@ def hwm_reset() -> bool:
         return False
 
 
-def status(key: str) -> int:
-    """A ``/proc/self/status`` size field (``VmRSS``, ``VmHWM``) in bytes; 0 when absent."""
-    with open("/proc/self/status") as f:
+def status(key: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` size field (``VmRSS``, ``VmHWM``) in bytes; 0 when absent."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key):
                 return int(line.split()[1]) * 1024

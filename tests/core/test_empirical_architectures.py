@@ -25,7 +25,6 @@ from core.empirical import (
     lazy_training_memory_entries,
     lazy_training_work,
     parameter_count,
-    unflatten,
     working_memory_entries,
 )
 from core.empirical import layers as finite_layers
@@ -47,6 +46,7 @@ from core.kernels.spec import (
     SumPool,
     TwoLayerRelu,
 )
+from tests.core.test_empirical import fd_jacobian, net
 
 A = Activation
 
@@ -63,20 +63,6 @@ def _one_blas_thread():
         yield
 
 
-def net(*layers, parameterization="ntk"):
-    return Network(tuple(layers), parameterization)
-
-
-def fd_jacobian(spec, params, x, eps=1e-6):
-    """Per-example Jacobian ∂f(x_i)/∂θ_j (n × P) by central differences of ``apply``."""
-    theta = flatten(params)
-    jac = np.empty((x.shape[0], theta.size))
-    for j in range(theta.size):
-        tp, tm = theta.copy(), theta.copy()
-        tp[j] += eps
-        tm[j] -= eps
-        jac[:, j] = (apply(spec, unflatten(params, tp), x) - apply(spec, unflatten(params, tm), x)) / (2 * eps)
-    return jac
 
 
 def images(n, shape=(5, 4, 2), seed=0):
