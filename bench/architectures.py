@@ -89,7 +89,7 @@ async def through_http(spec: S.Network, x: np.ndarray, repeat: int = 3) -> float
                 start = time.perf_counter()
                 response = await client.post("/v1/kernels", json=body)
                 best = min(best, time.perf_counter() - start)
-                response.raise_forstatus()
+                response.raise_for_status()
     return best
 
 

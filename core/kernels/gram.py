@@ -76,8 +76,8 @@ DEFAULT_TILE = 512
 FUSED_BLOCK = 192
 
 
-#: Rows per product of ``upper_product`` (each product releases the GIL).
-PRODUCT_ROWS = 1024
+#: Fewest rows per product of ``upper_product`` (thinner products run well below BLAS's peak).
+PRODUCT_ROWS = 2048
 
 
 def upper_product(x: np.ndarray, out: np.ndarray) -> None:
@@ -89,8 +89,9 @@ def upper_product(x: np.ndarray, out: np.ndarray) -> None:
     The fused pass reads the upper triangle and mirrors its own result.
     """
     n = x.shape[0]
-    for i0 in range(0, n, PRODUCT_ROWS):
-        i1 = min(n, i0 + PRODUCT_ROWS)
+    rows = max(PRODUCT_ROWS, -(-n // 4))  # at most 4 products: ≤ 62.5 % of the full product's flops
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
         np.matmul(x[i0:i1], x[i0:].T, out=out[i0:i1, i0:])
 
 
