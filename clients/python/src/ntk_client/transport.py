@@ -30,7 +30,6 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 #: Errors of a connection dropped while sending or receiving (not timeouts: a slow computation is not retried).
 _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ConnectError, httpx.ConnectTimeout)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_CHUNK = 1 << 20
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -134,7 +133,7 @@ class Session:
         written, total, etag = 0, None, None
         attempt = 0
         while True:
-            headers = {"Accept": accept}
+            headers = {"Accept": accept, "Accept-Encoding": "identity"}  # ranges count the bytes as stored
             if written:
                 headers["Range"] = f"bytes={written}-"
                 if etag:
@@ -163,7 +162,7 @@ class Session:
                         etag = response.headers.get("etag")
                         length = response.headers.get("content-length")
                         total = int(length) if length is not None else None
-                    for chunk in response.iter_bytes(_CHUNK):
+                    for chunk in response.iter_raw():  # as received: nothing buffered is lost on a drop
                         file.write(chunk)
                         written += len(chunk)
             except _DROPPED:
