@@ -29,9 +29,10 @@ class ProblemError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}" for e in self.errors)
         text = f"{self.status} {self.title}: {self.detail}"
-        return f"{text} [{where}]" if where and where not in self.detail else text
+        extra = [e for e in self.errors if str(e.get("msg", "")) not in self.detail]  # what the detail leaves out
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}" for e in extra)
+        return f"{text} [{where}]" if where else text
 
     @classmethod
     def from_document(cls, document: dict[str, Any], request_id: str | None = None) -> ProblemError:
