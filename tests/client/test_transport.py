@@ -167,3 +167,24 @@ def test_retry_after_forms() -> None:
     later = email.utils.formatdate(time.time() + 120, usegmt=True)
     assert 100 < retry_after_seconds(later) <= 120
     assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+def test_api_key_unreachable_server_and_errors_that_are_not_problem_documents() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            raise httpx.ConnectError("connection refused", request=request)  # never reached the server: retried
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        return httpx.Response(502, text="<html>bad gateway</html>", headers={"Content-Type": "text/html"})
+
+    with Client("http://ntk.invalid", api_key="k1", transport=httpx.MockTransport(handler), max_retries=1) as client:
+        client._session.sleep = lambda seconds: None
+        client.delete_dataset("ds_x")
+        with pytest.raises(ProblemError) as gateway:
+            client.dataset("ds_x")
+    assert [r.method for r in seen] == ["DELETE", "DELETE", "GET"]
+    assert all(r.headers["authorization"] == "Bearer k1" for r in seen)
+    assert gateway.value.status == 502 and "bad gateway" in gateway.value.detail
