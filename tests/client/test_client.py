@@ -204,7 +204,7 @@ def test_trajectories_follow_the_matrix_exponential(client: Client) -> None:
 
 
 def test_spectrum(client: Client) -> None:
-    spectrum = client.spectrum(RELU, X1, which="nngp", top_k=4)
+    spectrum = client.spectrum(RELU, X1, which="nngp", top_k=np.int64(4))  # NumPy scalars are fine anywhere
     reference = np.linalg.eigvalsh(core_kernels.gram(core_spec(RELU), X1)["nngp"])[::-1]
     assert_close(spectrum.eigenvalues, reference[:4], 1e-9)
     full = client.spectrum(RELU, X1)
@@ -217,8 +217,8 @@ def test_spectrum(client: Client) -> None:
 
 def test_lazy_training(client: Client) -> None:
     spec = stax.serial(stax.Dense(32, W_std=1.4), stax.Relu(), stax.Dense(1))
-    lazy = client.lazy_training(spec, X1, Y, X_TEST, y_test=Y_TEST, width=32, steps=[0, 5, 20], seed=1,
-                                learning_rate=0.5)
+    lazy = client.lazy_training(spec, X1, Y, X_TEST, y_test=Y_TEST, width=np.int64(32), steps=np.array([0, 5, 20]),
+                                seed=1, learning_rate=np.float32(0.5))
     assert lazy.steps.tolist() == [0, 5, 20] and lazy.width == 32 and lazy.seed == 1
     assert lazy.parameter_count == 5 * 32 + 32
     assert lazy.network.relative_parameter_change[0] == 0 and lazy.network.relative_parameter_change[-1] > 0

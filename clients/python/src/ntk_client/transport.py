@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import httpx
+import numpy as np
 
 from ntk_client.errors import ProblemError
 from ntk_client.operations import JSON, OPERATIONS, Operation
@@ -87,7 +88,7 @@ class Session:
         if json_body is not None:
             body = {key: value for key, value in json_body.items() if value is not None}
             _check_fields(name, op, body, params)
-            content = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+            content = json.dumps(body, allow_nan=False, separators=(",", ":"), default=_plain).encode()
         else:
             _check_fields(name, op, {}, params)
         if op.content is not None:
@@ -177,6 +178,13 @@ class Session:
             if attempt >= self.max_retries:  # a short body without an error
                 raise ProblemError(502, "Incomplete download", f"received {written} of {total} bytes of {url}")
             attempt += 1
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and arrays in a request body as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _check_fields(name: str, op: Operation, body: Mapping[str, Any], params: Mapping[str, Any] | None) -> None:
