@@ -104,6 +104,9 @@ def test_standard_parameterization_and_nesting() -> None:
         + [{"type": "dense", "w_std": 2.0, "b_std": 0.0, "width": 1}]}
     assert stax.Dense(3).to_json()["layers"] == [{"type": "dense", "w_std": 1.0, "b_std": None, "width": 3}]
     assert "Dense(w_std=1.0" in repr(stax.serial(stax.Dense(3)))
+    assert stax.repeat(block, 2).to_json() == stax.serial(block, block).to_json()
+    with pytest.raises(AttributeError, match="no attribute 'Densse'"):
+        _ = stax.Densse
 
 
 @pytest.mark.parametrize(("build", "message"), [
@@ -135,6 +138,10 @@ def test_standard_parameterization_and_nesting() -> None:
     (lambda: stax.Elementwise("tanh", nngp_fn=lambda c: c), "nngp_fn"),
     (lambda: stax.FanOut(0), "num must be an integer >= 1"),
     (lambda: stax.parallel(), "at least one branch"),
+    (lambda: stax.repeat(stax.Relu(), 0), "n must be an integer >= 1"),
+    (lambda: stax.serial(stax.FanOut(2), stax.parallel(stax.Dense(4), stax.Dense(4)), stax.FanInConcat()),
+     "FanInConcat (neural-tangents) cannot be expressed"),
+    (lambda: stax.Dropout(0.5), "Dropout (neural-tangents) cannot be expressed"),
 ])
 def test_what_the_service_cannot_express_is_a_value_error(build, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -30,7 +30,7 @@ __all__ = [
     "Abs", "ABRelu", "AvgPool", "Conv", "Dense", "Elementwise", "ElementwiseNumerical", "Erf", "FanInProd",
     "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "GlobalSumPool", "Identity", "Layer", "LayerNorm",
     "LeakyRelu", "Network", "Relu", "Sigmoid", "Sign", "Sin", "Softplus", "SumPool", "Swish", "Tanh", "parallel",
-    "serial",
+    "repeat", "serial",
 ]
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -187,6 +187,11 @@ def serial(*layers: Layer) -> Network:
             raise TypeError(f"serial: argument {k} is not a stax layer: {layer!r}")
         items.extend(layer._items())
     return Network(tuple(items))
+
+
+def repeat(layer: Layer, n: int) -> Network:
+    """``layer`` applied ``n`` times in sequence (stax ``repeat``)."""
+    return serial(*[layer] * _int("repeat", "n", n, minimum=1))
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -437,3 +442,29 @@ def Softplus() -> Layer:
 def Swish() -> Layer:
     """``x·sigmoid(x)`` (SiLU; numerical)."""
     return ElementwiseNumerical("swish")
+
+
+#: neural-tangents stax layers the service does not offer, with what to use instead (if anything).
+UNSUPPORTED = {
+    "FanInConcat": "branches merge by FanInSum() or FanInProd() only",
+    "Dropout": "infinite-width kernels here are of networks without dropout",
+    "Aggregate": "no graph layers", "GlobalSelfAttention": "no attention layers", "DotGeneral": "no DotGeneral",
+    "ConvTranspose": "use Conv", "ConvLocal": "use Conv (weights shared across positions)",
+    "ImageResize": "no resizing layers", "Index": "no indexing layers",
+    "Sigmoid_like": "use ElementwiseNumerical('sigmoid') (the exact logistic sigmoid)",
+    "Exp": "no exp activation", "ExpNormalized": "no exp activation", "Cos": "use Sin", "Rbf": "no rbf activation",
+    "Gaussian": "no gaussian activation", "Gabor": "no gabor activation", "Monomial": "no monomial activations",
+    "RectifiedMonomial": "use Relu for degree 1", "Polynomial": "use ntk_client.kernels.polynomial for the kernel",
+    "Hermite": "no Hermite activations", "Electrostatic": "no electrostatic kernel",
+}
+
+
+def __getattr__(name: str) -> Callable[..., Layer]:
+    """neural-tangents names the service lacks: calling one raises ``ValueError`` saying why."""
+    if name not in UNSUPPORTED:
+        raise AttributeError(f"module 'ntk_client.stax' has no attribute {name!r}")
+
+    def unsupported(*args: Any, **kwargs: Any) -> Layer:
+        raise ValueError(f"stax.{name} (neural-tangents) cannot be expressed by the service: {UNSUPPORTED[name]}")
+
+    return unsupported
