@@ -80,6 +80,23 @@ def test_kernel_fn_equals_core_through_json_and_npy(server_url: str) -> None:
     assert recorder.bodies("/v1/kernels")[0]["kernel"] == RELU.to_json()
 
 
+def test_several_large_matrices_of_a_fully_connected_kernel_come_as_npy(server_url: str) -> None:
+    recorder = Recorder()
+    images = RNG.normal(size=(3, 4, 4, 2))
+    cnn = stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Flatten(), stax.Dense(1))
+    with Client(server_url, transport=recorder, npy_split_entries=1) as client:
+        k = client.kernel_fn(RELU)(X1, X2)
+        c = client.kernel_fn(cnn)(images, None, ("ntk", "nngp"))
+    sent = [(r.headers["accept"], json.loads(r.content).get("outputs")) for r in recorder.requests]
+    assert sent == [("application/x-npy", ["nngp"]), ("application/x-npy", ["ntk"]),  # one request per matrix
+                    ("application/json", ["ntk", "nngp"])]  # a convolutional kernel is computed once
+    expected = core_kernels.gram(core_spec(RELU), X1, X2)
+    assert k._fields == ("nngp", "ntk")
+    assert_close(k.nngp, expected["nngp"])
+    assert_close(k.ntk, expected["ntk"])
+    assert_close(c.nngp, core_kernels.gram(core_spec(cnn), images)["nngp"])
+
+
 def test_kernel_fn_on_convolutional_residual_and_classic_kernels(client: Client) -> None:
     images = RNG.normal(size=(5, 6, 6, 2))
     cnn = stax.serial(stax.Conv(8, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),

@@ -2,7 +2,10 @@
 
 Arrays travel as ``.npy`` wherever the API allows: an input larger than ``upload_threshold_bytes``
 is uploaded once as a dataset (cached by content for the client's life) and named by its id, and a
-single requested matrix comes back as ``.npy``. Gram matrices with more than
+single requested matrix comes back as ``.npy`` — and so does each of several matrices of a fully
+connected kernel with at least ``npy_split_entries`` entries, one request per matrix (recomputing
+such a kernel costs less than parsing its JSON; convolutional kernels come back as one JSON
+answer, parsed with ``orjson`` when it is installed). Gram matrices with more than
 ``job_threshold_entries`` entries (or any that the service refuses synchronously with ``413``)
 are computed by a job, waited for and downloaded (resumable); ``mode="job"``/``"sync"`` forces
 one way. Every error answer raises :class:`~ntk_client.errors.ProblemError`.
@@ -19,7 +22,7 @@ import numpy as np
 
 from ntk_client.errors import ProblemError
 from ntk_client.jobs import Job
-from ntk_client.kernels import outputs_of
+from ntk_client.kernels import fully_connected, outputs_of
 from ntk_client.kernels import to_json as kernel_json
 from ntk_client.npy import NPY_MEDIA_TYPE, as_float_array, from_npy, to_npy
 from ntk_client.results import (
@@ -32,7 +35,7 @@ from ntk_client.results import (
     kernel_tuple,
 )
 from ntk_client.stax import Layer
-from ntk_client.transport import Session
+from ntk_client.transport import Session, loads
 
 Spec = Layer | dict[str, Any]
 ArrayLike = Any  # a NumPy array (or nested lists), a Dataset, or a dataset id "ds_…"
@@ -126,16 +129,20 @@ class Client:
     ``max_retries``: retries of one call after ``503``/dropped connections (waits of at most
     ``max_backoff`` s, ``Retry-After`` honoured). ``upload_threshold_bytes``: larger inputs go as
     datasets. ``job_threshold_entries``: larger Grams (entries × matrices) go to a job in
-    ``mode="auto"``. ``transport``: an ``httpx`` transport (tests, proxies).
+    ``mode="auto"``. ``npy_split_entries``: from this many entries per matrix, several matrices of a
+    fully connected kernel are fetched as ``.npy`` one by one. ``transport``: an ``httpx`` transport
+    (tests, proxies).
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 5, *, max_backoff: float = 30.0, upload_threshold_bytes: int = 1 << 20,
-                 job_threshold_entries: int = 10_000_000, transport: httpx.BaseTransport | None = None) -> None:
+                 job_threshold_entries: int = 10_000_000, npy_split_entries: int = 65_536,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self._session = Session(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
                                 max_backoff=max_backoff, transport=transport)
         self.upload_threshold_bytes = int(upload_threshold_bytes)
         self.job_threshold_entries = int(job_threshold_entries)
+        self.npy_split_entries = int(npy_split_entries)
         self._uploaded: dict[str, str] = {}  # sha256 of the .npy bytes -> dataset id (automatic uploads)
 
     def close(self) -> None:
@@ -191,24 +198,25 @@ class Client:
               dtype: str, mode: str, progress: Progress) -> dict[str, np.ndarray]:
         count = len(names) if names is not None else len(outputs_of(kernel))
         n1 = self._rows(x1)
-        entries = n1 * (n1 if x2 is None else self._rows(x2)) * count
-        if mode == "job" or (mode == "auto" and entries > self.job_threshold_entries):
+        per_matrix = n1 * (n1 if x2 is None else self._rows(x2))
+        if mode == "job" or (mode == "auto" and per_matrix * count > self.job_threshold_entries):
             return self._gram_by_job(kernel, x1, x2, names, dtype, progress)
         try:
-            return self._gram_sync(kernel, x1, x2, names, dtype)
+            return self._gram_sync(kernel, x1, x2, names, dtype, per_matrix)
         except ProblemError as exc:
             if exc.status != 413 or mode != "auto":
                 raise
         return self._gram_by_job(kernel, x1, x2, names, dtype, progress)
 
     def _gram_sync(self, kernel: dict[str, Any], x1: ArrayLike, x2: ArrayLike | None,
-                   names: tuple[str, ...] | None, dtype: str) -> dict[str, np.ndarray]:
+                   names: tuple[str, ...] | None, dtype: str, per_matrix: int) -> dict[str, np.ndarray]:
         body = {"kernel": kernel, "x1": self._array(x1, "x1"), "x2": self._array(x2, "x2"),
                 "outputs": None if names is None else list(names), "dtype": dtype}
-        if names is not None and len(set(names)) == 1:
-            response = self._session.call("computeKernels", json_body=body, accept=NPY_MEDIA_TYPE)
-            return {names[0]: from_npy(response.content)}
-        doc = self._session.json("computeKernels", json_body=body)
+        wanted = tuple(dict.fromkeys(names or outputs_of(kernel)))
+        if len(wanted) == 1 or (per_matrix >= self.npy_split_entries and fully_connected(kernel)):
+            return {name: from_npy(self._session.call("computeKernels", json_body=body | {"outputs": [name]},
+                                                      accept=NPY_MEDIA_TYPE).content) for name in wanted}
+        doc = loads(self._session.call("computeKernels", json_body=body).content)
         return {name: np.asarray(matrix, dtype=doc["dtype"]) for name, matrix in doc["results"].items()}
 
     def _gram_by_job(self, kernel: dict[str, Any], x1: ArrayLike, x2: ArrayLike | None,

@@ -75,3 +75,16 @@ def outputs_of(kernel: dict[str, Any]) -> tuple[str, ...]:
         return OUTPUTS[kernel["type"]]
     except KeyError:
         raise ValueError(f"unknown kernel type {kernel.get('type')!r}; one of {sorted(OUTPUTS)}") from None
+
+
+#: Layer kinds with spatial axes: a network with one is convolutional (costly per Gram entry).
+SPATIAL_LAYERS = frozenset({"conv", "avg_pool", "sum_pool", "global_avg_pool", "global_sum_pool", "flatten"})
+
+
+def fully_connected(kernel: dict[str, Any]) -> bool:
+    """Whether each Gram entry of ``kernel`` is cheap: a classic kernel or a network without spatial layers."""
+    def spatial(layers: list[dict[str, Any]]) -> bool:
+        return any(layer["type"] in SPATIAL_LAYERS or any(spatial(b) for b in layer.get("branches", []))
+                   for layer in layers)
+
+    return kernel["type"] != "network" or not spatial(kernel["layers"])

@@ -26,6 +26,11 @@ import numpy as np
 from ntk_client.errors import ProblemError
 from ntk_client.operations import JSON, OPERATIONS, Operation
 
+try:  # orjson parses large JSON answers several times faster; the standard library otherwise
+    from orjson import loads
+except ImportError:  # pragma: no cover - depends on the environment
+    from json import loads
+
 #: Transport errors after which the request certainly never reached the application.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 #: Errors of a connection dropped while sending or receiving (not timeouts: a slow computation is not retried).
@@ -116,7 +121,7 @@ class Session:
 
     def json(self, name: str, **kwargs: Any) -> Any:
         """``call`` and the JSON document of the answer."""
-        return self.call(name, **kwargs).json()
+        return loads(self.call(name, **kwargs).content)
 
     # ------------------------------------------------------------------------------ downloads
     def download(self, name: str, file: IO[bytes], *, path: Mapping[str, str], params: Mapping[str, Any],
