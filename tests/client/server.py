@@ -1,0 +1,66 @@
+"""A real uvicorn running the service in a subprocess, on a free loopback port and its own data directory.
+
+``running_server(folder, **settings)`` is reusable by any test module (client, examples): it
+yields the base URL once ``/readyz`` answers ready, and stops the process on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(folder: Path, startup_timeout: float = 60.0, **settings: str) -> Iterator[str]:
+    """``python -m service serve`` with ``NTK_DATA_DIR=folder/data`` and ``NTK_<KEY>=value`` for ``settings``.
+
+    Yields ``http://127.0.0.1:<port>``; the server's log is ``folder/server.log`` (its tail is
+    shown if it does not come up).
+    """
+    port = free_port()
+    env = os.environ | {"NTK_DATA_DIR": str(folder / "data"), "NTK_LOG_LEVEL": "WARNING", "NTK_DASK_WORKERS": "1"}
+    env |= {f"NTK_{key.upper()}": str(value) for key, value in settings.items()}
+    if "api_keys" not in settings:
+        env.pop("NTK_API_KEYS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log_path = folder / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:  # up, and the kernel engine loaded
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=5)
+                if ready.status_code == 200 and "compiling" not in ready.text:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
