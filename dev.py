@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 #: What ``test`` lints (rules: ``[tool.ruff.lint]`` in pyproject.toml) before running pytest.
-LINTED = ("core", "service", "tests", "bench", "deploy", "clients")
+LINTED = ("core", "service", "tests", "bench", "deploy", "clients", "examples")
 
 
 def ensure_env(extras: str) -> None:
