@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 from pydantic import (
@@ -26,11 +26,29 @@ from pydantic import (
     WithJsonSchema,
 )
 
-FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
-Positive: TypeAlias = Annotated[FiniteFloat, Field(gt=0)]
-NonNegative: TypeAlias = Annotated[FiniteFloat, Field(ge=0)]
+_JSON_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def finite_number(**bounds: float) -> Any:
+    """A finite number (JSON integer or float) within ``bounds`` (``gt``, ``ge``, ``lt``, ``le``).
+
+    Its JSON schema is one ``{"type": "number", "exclusiveMinimum": …}``: pydantic cannot push
+    bounds into the int/float union and would publish them under its own names (``"gt"``), which
+    no JSON Schema validator or SDK generator reads.
+    """
+    schema: dict[str, Any] = {"type": "number"}
+    schema.update({_JSON_BOUNDS[key]: value for key, value in bounds.items()})
+    return Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False, **bounds), WithJsonSchema(schema)]
+
+
+FiniteFloat: TypeAlias = finite_number()
+Positive: TypeAlias = finite_number(gt=0)
+NonNegative: TypeAlias = finite_number(ge=0)
 #: An integer; booleans and numeric strings are refused.
 Integer: TypeAlias = StrictInt
+#: A random seed: a non-negative int64. ``lt=2**63`` rather than ``le=2**63 - 1``: OpenAPI bounds
+#: are published as floats, and 2**63 - 1 is not one (it would round up to the refused 2**63).
+Seed: TypeAlias = Annotated[Integer, Field(ge=0, lt=2**63)]
 Dtype: TypeAlias = Literal["float64", "float32"]
 
 
@@ -56,7 +74,9 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 _Row = Annotated[list[FiniteFloat], Field(min_length=1)]
 
 
-_NESTED = {2: list[_Row], 3: list[list[_Row]], 4: list[list[list[_Row]]]}
+_NonEmpty = Field(min_length=1)
+_NESTED = {2: list[_Row], 3: list[Annotated[list[_Row], _NonEmpty]],
+           4: list[Annotated[list[Annotated[list[_Row], _NonEmpty]], _NonEmpty]]}
 _INPUT_ADAPTERS = {rank: TypeAdapter(Annotated[tp, Field(min_length=1)]) for rank, tp in _NESTED.items()}
 _FORMS = {2: "n × d", 3: "n × L × C", 4: "n × H × W × C"}
 
@@ -135,7 +155,7 @@ def _to_targets(value: list[float] | list[list[float]] | str) -> np.ndarray | Da
 
 #: Targets: a vector of ``n`` numbers (one output) or an ``n × k`` matrix (k outputs).
 Targets: TypeAlias = Annotated[
-    list[_Row] | Annotated[list[FiniteFloat], Field(min_length=1)]
+    Annotated[list[_Row], Field(min_length=1)] | Annotated[list[FiniteFloat], Field(min_length=1)]
     | Annotated[str, Field(pattern=DATASET_ID_PATTERN, description=_DATASET_ID["description"])],
-    Field(min_length=1), AfterValidator(_to_targets)
+    AfterValidator(_to_targets)
 ]

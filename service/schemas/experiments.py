@@ -12,6 +12,7 @@ from service.schemas.common import (
     Integer,
     Positive,
     RequestModel,
+    Seed,
     Targets,
 )
 from service.schemas.kernels import NetworkSpec
@@ -24,7 +25,7 @@ class LazyTrainingRequest(RequestModel):
 
     kernel: NetworkSpec
     width: Annotated[Integer, Field(ge=1)]
-    seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
+    seed: Seed = 0
     x_train: Inputs
     y_train: Targets
     steps: Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1, max_length=1000)]

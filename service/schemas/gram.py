@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import Dtype, Inputs, Integer, RequestModel
+from service.schemas.common import Dtype, Inputs, Integer, RequestModel, Seed
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
 OutputName = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$")]
@@ -32,7 +32,7 @@ class EmpiricalKernelsRequest(RequestModel):
 
     kernel: NetworkSpec
     width: Annotated[Integer, Field(ge=1)]
-    seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
+    seed: Seed = 0
     x1: Inputs
     x2: Inputs | None = None
     outputs: Outputs | None = Field(None, description="Matrices to return; default all the kernel yields.")

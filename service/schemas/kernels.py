@@ -14,11 +14,11 @@ from pydantic import Field, create_model
 from core.kernels import spec as core
 from core.kernels.registry import LAYER_KINDS, LayerKind, Param
 from service.schemas.common import (
-    FiniteFloat,
     Integer,
     NonNegative,
     Positive,
     RequestModel,
+    finite_number,
 )
 
 
@@ -42,7 +42,7 @@ def _annotation(param: Param) -> Any:
     """The pydantic type of one registry field (ranges included, so the OpenAPI document has them)."""
     bounds = {key: getattr(param, key) for key in ("gt", "ge", "le") if getattr(param, key) is not None}
     if param.kind == "float":
-        ann: Any = Annotated[FiniteFloat, Field(**bounds)]
+        ann: Any = finite_number(**bounds)
     elif param.kind == "int":
         ann = Annotated[Integer, Field(**bounds)]
     elif param.kind == "ints":
