@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -224,6 +224,13 @@ class NTKRoute(APIRoute):
             return await handler(request)
 
         return route_handler
+
+
+#: ``?limit=`` of list operations: items per page.
+PageLimit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+#: ``?page_token=`` of list operations: the ``next_page_token`` of the previous page (base64url).
+PageToken = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_-]+$",
+                                         description="next_page_token of the previous page; omit for the first.")]
 
 
 def v1_router(tag: str) -> APIRouter:

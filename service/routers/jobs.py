@@ -30,7 +30,7 @@ from service.resources import (
     owned,
 )
 from service.responses import ORJSONResponse
-from service.routing import v1_router
+from service.routing import PageLimit, PageToken, v1_router
 from service.schemas.jobs import (
     GramJob,
     JobCreate,
@@ -90,8 +90,8 @@ def _accepted(job: Job) -> Response:
 
 
 @router.get("/jobs", operation_id="listJobs", response_model=JobList)
-async def list_jobs(owner: Owner, store: StorageDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                    page_token: Annotated[str | None, Query(max_length=100)] = None,
+async def list_jobs(owner: Owner, store: StorageDep, limit: PageLimit = 20,
+                    page_token: PageToken = None,
                     status: JobStatus | None = None) -> Response:
     """The caller's jobs, newest first, optionally only those with ``status``."""
     ledger = store.jobs

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -44,11 +45,28 @@ def finite_number(**bounds: float) -> Any:
 FiniteFloat: TypeAlias = finite_number()
 Positive: TypeAlias = finite_number(gt=0)
 NonNegative: TypeAlias = finite_number(ge=0)
-#: An integer; booleans and numeric strings are refused.
-Integer: TypeAlias = StrictInt
-#: A random seed: a non-negative int64. ``lt=2**63`` rather than ``le=2**63 - 1``: OpenAPI bounds
-#: are published as floats, and 2**63 - 1 is not one (it would round up to the refused 2**63).
-Seed: TypeAlias = Annotated[Integer, Field(ge=0, lt=2**63)]
+
+
+def _integral(value: object) -> object:
+    """A float with no fractional part is the integer it equals (JSON Schema's ``integer`` admits
+    ``2.0``, and clients that hold every number as a double send it so); other values unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """An integer within ``bounds`` (``gt``, ``ge``, ``lt``, ``le``), or an integral float such as
+    ``2.0``; booleans and numeric strings are refused. Bound it here, not with a ``Field`` around
+    the result: pydantic cannot apply those through the float conversion and would publish them
+    under its own names (``"ge"``) instead of ``minimum``."""
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_integral)]
+
+
+#: An integer (or an integral float such as ``2.0``); booleans and numeric strings are refused.
+Integer: TypeAlias = integer()
+#: A random seed: a non-negative integer below 2**53, the integers every JSON client and schema
+#: validator holds exactly (they read numbers as doubles: a bound of 2**63 - 1 reads as 2**63,
+#: and larger seeds would be accepted by the document yet refused here).
+Seed: TypeAlias = integer(ge=0, le=2**53 - 1)
 Dtype: TypeAlias = Literal["float64", "float32"]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import Dtype, Inputs, Integer, RequestModel, Seed
+from service.schemas.common import Dtype, Inputs, RequestModel, Seed, integer
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
 OutputName = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$")]
@@ -31,7 +31,7 @@ class EmpiricalKernelsRequest(RequestModel):
     """
 
     kernel: NetworkSpec
-    width: Annotated[Integer, Field(ge=1)]
+    width: integer(ge=1)
     seed: Seed = 0
     x1: Inputs
     x2: Inputs | None = None
