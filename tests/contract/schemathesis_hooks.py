@@ -71,12 +71,10 @@ def before_load_schema(context: Any, raw_schema: dict[str, Any]) -> None:
 #: between fields or against stored state, which JSON Schema cannot express.
 CROSS_FIELD = [re.compile(pattern) for pattern in (
     r"^no dataset '.*' for this API key",                     # a well-formed id naming no upload
-    r"^dataset '.*' ",                                         # an upload of the wrong rank/shape
     r" has .+ (features|rows of shape) but \S+ has ",          # x2/x_test features vs x1/x_train
     r" has \d+ rows but \S+ has \d+",                          # one target per training row
     r" has rank \d+",                                          # input rank vs the kernel
     r"^row \d+ has \d+ entries but row 0 has",                 # ragged rows
-    r"^\[.*\]: ",                                              # a nested input's inner levels
     r"^ragged ",
     r"is not a matrix of this kernel",                         # which/outputs vs the kernel type
     r"^unknown output\(s\) .* for this kernel",
@@ -87,11 +85,13 @@ CROSS_FIELD = [re.compile(pattern) for pattern in (
     r"needs a dense readout",                                  # network structure vs finite width
     r"the network has one output",
     r"singular",                                               # ridge 0 on a singular Gram matrix
-    r"layer|filter|window|spatial|branch|pool|flatten|conv|width|readout",  # the network vs its input
+    r"^layers\[",                                              # a layer that does not fit its input
+    r"^the network ends with spatial axes",                    # a network that does not reduce them
     r"not finite|overflow|diverge",                            # a computation that would give inf/NaN
     r"^page_token is not a token from a previous page",       # page tokens are issued by the server
     r"^this Idempotency-Key was already used with a different",  # a key is bound to its first body
-    r"top_k",                                                  # top_k vs the number of points
+    r"^rows must be 'a:b' with 0 ≤ a < b ≤ \d+",               # a job result's rows vs its size
+    r"^this job computed .*, not ",                            # a job result's output vs its outputs
 )]
 
 
