@@ -1,6 +1,7 @@
 """schemathesis 4 against a live server: every phase (examples, coverage, fuzzing, stateful) and
-every check, as ``st run`` from the repository root (so ``schemathesis.toml`` and its hooks,
-``tests/contract/schemathesis_hooks.py``, apply exactly as for a developer's bare run).
+every check, as ``st run`` from the repository root with the root's ``schemathesis.toml`` and its
+hooks (``tests/contract/schemathesis_hooks.py``), as a developer's bare run uses them; only its
+crash cache goes to a temporary directory.
 
 The server is a real uvicorn process on a temporary data directory. Bounded for CI: the coverage
 phase enumerates every boundary case the document defines (about 11 000 requests, most of the
@@ -73,8 +74,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_every_phase_and_check_passes(server: str, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is a test dependency"
+    # the root's configuration as it is, plus a cache directory (crash files for `st replay`)
+    # outside the working tree
+    config = tmp_path / "schemathesis.toml"
+    config.write_text((ROOT / "schemathesis.toml").read_text(encoding="utf-8")
+                      + f"\n[cache]\ndirectory = {json.dumps(str(tmp_path / 'cache'))}\n", encoding="utf-8")
     result = subprocess.run(
-        [st, "run", f"{server}/openapi.json", "--checks", "all", "--phases", ",".join(PHASES),
+        [st, "--config-file", str(config), "run", f"{server}/openapi.json", "--checks", "all", "--phases", ",".join(PHASES),
          "--max-examples", "5", "--seed", "1", "--workers", "1", "--generation-database", "none", "--no-color",
          "--report", "junit", "--report-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
@@ -86,4 +92,4 @@ def test_every_phase_and_check_passes(server: str, tmp_path: Path) -> None:
     assert re.search(rf"Tested: {operations}\b", summary), summary
     for phase in PHASES:
         assert re.search(rf"✅ {phase}", summary, re.IGNORECASE), f"{phase} did not pass:\n{summary}"
-    assert "Configuration:" in output and "schemathesis.toml" in output, "schemathesis.toml was not used"
+    assert f"Configuration:    {config}" in output, "schemathesis.toml was not used"
