@@ -33,6 +33,7 @@ from service.routers import (
     spectra,
     trajectories,
 )
+from service.routing import METHODS_STATE_KEY, route_methods
 from service.settings import Settings, get_settings
 from service.storage.faults import remove_stale_temporaries
 from service.storage.state import Storage
@@ -94,8 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics,
         upload_limits={"/v1/datasets": ("max_dataset_bytes", settings.max_dataset_bytes)},
     )
-    app.include_router(ops.router)
-    for module in (kernels, empirical, models, trajectories, spectra, experiments, datasets, jobs):
-        app.include_router(module.router)
+    routers = [module.router for module in (ops, kernels, empirical, models, trajectories, spectra, experiments,
+                                            datasets, jobs)]
+    for router in routers:
+        app.include_router(router)
+    setattr(app.state, METHODS_STATE_KEY, route_methods(routers))  # for the Allow of 405 answers
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

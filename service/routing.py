@@ -15,14 +15,17 @@ For each request, in this order:
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import get_route_path
 from starlette.types import Message, Receive, Scope, Send
 
 from service.auth import authenticate
@@ -110,6 +113,29 @@ def _replay(body: BodyBuffer | deque[bytes], receive: Receive) -> Receive:
     return replay
 
 
+#: The order of methods in ``Allow``.
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+#: The app-state key of the table of every path's methods (see :func:`allowed_methods`).
+METHODS_STATE_KEY = "route_methods"
+
+
+def route_methods(routers: Iterable[APIRouter]) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path pattern and methods, for :func:`allowed_methods` (built once per app)."""
+    return [(route.path_regex, frozenset(route.methods)) for router in routers for route in router.routes
+            if isinstance(route, APIRoute) and route.methods]
+
+
+def allowed_methods(scope: Scope) -> list[str]:
+    """Every method the app serves at the request's path (RFC 9110 ``Allow``), not only those of
+    the first route whose path matched (Starlette's own 405 lists that one route's)."""
+    path = get_route_path(scope)
+    table = getattr(scope["app"].state, METHODS_STATE_KEY)
+    methods = set().union(*(methods for pattern, methods in table if pattern.match(path)))
+    return sorted(methods, key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
+
+
 class NTKRoute(APIRoute):
     """APIRoute with the checks and admission above; produced media types come from ``responses``."""
 
@@ -148,8 +174,7 @@ class NTKRoute(APIRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] not in self.methods:  # 405 comes first
-            await super().handle(scope, receive, send)
-            return
+            raise HTTPException(405, headers={"Allow": ", ".join(allowed_methods(scope))})
         self.check(Request(scope, receive))
         if not self.admitted:
             await super().handle(scope, receive, send)
@@ -199,6 +224,13 @@ class NTKRoute(APIRoute):
             return await handler(request)
 
         return route_handler
+
+
+#: ``?limit=`` of list operations: items per page.
+PageLimit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+#: ``?page_token=`` of list operations: the ``next_page_token`` of the previous page (base64url).
+PageToken = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_-]+$",
+                                         description="next_page_token of the previous page; omit for the first.")]
 
 
 def v1_router(tag: str) -> APIRouter:

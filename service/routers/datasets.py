@@ -14,7 +14,7 @@ from service.npy import NPY_MEDIA_TYPE
 from service.pagination import page
 from service.problems import INSUFFICIENT_STORAGE, ProblemError
 from service.resources import IdempotencyKey, created, not_found_response, owned
-from service.routing import v1_router
+from service.routing import PageLimit, PageToken, v1_router
 from service.schemas.datasets import DatasetList, DatasetOut
 from service.storage.datasets import Dataset
 
@@ -69,7 +69,7 @@ async def create_dataset(
 @router.get("/datasets", operation_id="listDatasets", response_model=DatasetList)
 async def list_datasets(
     owner: Owner, store: StorageDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, page_token: Annotated[str | None, Query(max_length=100)] = None,
+    limit: PageLimit = 20, page_token: PageToken = None,
 ) -> DatasetList:
     """The caller's datasets, newest first."""
     datasets = store.datasets

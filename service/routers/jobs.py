@@ -30,7 +30,8 @@ from service.resources import (
     owned,
 )
 from service.responses import ORJSONResponse
-from service.routing import v1_router
+from service.routing import PageLimit, PageToken, v1_router
+from service.schemas.gram import OUTPUT_PATTERN
 from service.schemas.jobs import (
     GramJob,
     JobCreate,
@@ -90,8 +91,8 @@ def _accepted(job: Job) -> Response:
 
 
 @router.get("/jobs", operation_id="listJobs", response_model=JobList)
-async def list_jobs(owner: Owner, store: StorageDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                    page_token: Annotated[str | None, Query(max_length=100)] = None,
+async def list_jobs(owner: Owner, store: StorageDep, limit: PageLimit = 20,
+                    page_token: PageToken = None,
                     status: JobStatus | None = None) -> Response:
     """The caller's jobs, newest first, optionally only those with ``status``."""
     ledger = store.jobs
@@ -168,8 +169,11 @@ IfRangeHeader = Annotated[str | None, Header(
             response_class=Response)
 async def get_job_result(
     job_id: str, request: Request, owner: Owner, store: StorageDep, jobs: RunnerDep,
-    rows: Annotated[str | None, Query(max_length=40, description="gram: a block of rows 'a:b'.")] = None,
-    output: Annotated[str | None, Query(max_length=10, description="gram: which matrix (default: the first).")] = None,
+    rows: Annotated[str | None, Query(max_length=40, pattern=r"^[0-9]*:[0-9]*$",
+                                      description="gram: a block of rows 'a:b' (0 ≤ a < b ≤ n; an end left "
+                                                  "out is 0 or n).")] = None,
+    output: Annotated[str | None, Query(pattern=OUTPUT_PATTERN,
+                                        description="gram: which of the job's outputs (default: the first).")] = None,
     range_: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
     """The result of a succeeded job (409 before).

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Query, Request
+from fastapi import Request
 from starlette.responses import Response
 
 from core.kernels.spec import KernelSpec as CoreKernelSpec
@@ -38,7 +38,7 @@ from service.resources import (
     stored_spec,
 )
 from service.responses import ORJSONResponse
-from service.routing import v1_router
+from service.routing import PageLimit, PageToken, v1_router
 from service.schemas.learning import (
     ModelCreate,
     ModelList,
@@ -91,8 +91,8 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, settin
 
 
 @router.get("/models", operation_id="listModels", response_model=ModelList)
-async def list_models(owner: Owner, store: StorageDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                      page_token: Annotated[str | None, Query(max_length=100)] = None) -> Response:
+async def list_models(owner: Owner, store: StorageDep, limit: PageLimit = 20,
+                      page_token: PageToken = None) -> Response:
     """The caller's models, newest first."""
     models = store.models
     rows, token = page(lambda n, before: models.metadata(owner, n, before), lambda r: r[2], limit, page_token)

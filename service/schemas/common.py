@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -26,11 +27,46 @@ from pydantic import (
     WithJsonSchema,
 )
 
-FiniteFloat: TypeAlias = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
-Positive: TypeAlias = Annotated[FiniteFloat, Field(gt=0)]
-NonNegative: TypeAlias = Annotated[FiniteFloat, Field(ge=0)]
-#: An integer; booleans and numeric strings are refused.
-Integer: TypeAlias = StrictInt
+_JSON_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def finite_number(**bounds: float) -> Any:
+    """A finite number (JSON integer or float) within ``bounds`` (``gt``, ``ge``, ``lt``, ``le``).
+
+    Its JSON schema is one ``{"type": "number", "exclusiveMinimum": …}``: pydantic cannot push
+    bounds into the int/float union and would publish them under its own names (``"gt"``), which
+    no JSON Schema validator or SDK generator reads.
+    """
+    schema: dict[str, Any] = {"type": "number"}
+    schema.update({_JSON_BOUNDS[key]: value for key, value in bounds.items()})
+    return Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False, **bounds), WithJsonSchema(schema)]
+
+
+FiniteFloat: TypeAlias = finite_number()
+Positive: TypeAlias = finite_number(gt=0)
+NonNegative: TypeAlias = finite_number(ge=0)
+
+
+def _integral(value: object) -> object:
+    """A float with no fractional part is the integer it equals (JSON Schema's ``integer`` admits
+    ``2.0``, and clients that hold every number as a double send it so); other values unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """An integer within ``bounds`` (``gt``, ``ge``, ``lt``, ``le``), or an integral float such as
+    ``2.0``; booleans and numeric strings are refused. Bound it here, not with a ``Field`` around
+    the result: pydantic cannot apply those through the float conversion and would publish them
+    under its own names (``"ge"``) instead of ``minimum``."""
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_integral)]
+
+
+#: An integer (or an integral float such as ``2.0``); booleans and numeric strings are refused.
+Integer: TypeAlias = integer()
+#: A random seed: a non-negative integer below 2**53, the integers every JSON client and schema
+#: validator holds exactly (they read numbers as doubles: a bound of 2**63 - 1 reads as 2**63,
+#: and larger seeds would be accepted by the document yet refused here).
+Seed: TypeAlias = integer(ge=0, le=2**53 - 1)
 Dtype: TypeAlias = Literal["float64", "float32"]
 
 
@@ -56,7 +92,9 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 _Row = Annotated[list[FiniteFloat], Field(min_length=1)]
 
 
-_NESTED = {2: list[_Row], 3: list[list[_Row]], 4: list[list[list[_Row]]]}
+_NonEmpty = Field(min_length=1)
+_NESTED = {2: list[_Row], 3: list[Annotated[list[_Row], _NonEmpty]],
+           4: list[Annotated[list[Annotated[list[_Row], _NonEmpty]], _NonEmpty]]}
 _INPUT_ADAPTERS = {rank: TypeAdapter(Annotated[tp, Field(min_length=1)]) for rank, tp in _NESTED.items()}
 _FORMS = {2: "n × d", 3: "n × L × C", 4: "n × H × W × C"}
 
@@ -135,7 +173,7 @@ def _to_targets(value: list[float] | list[list[float]] | str) -> np.ndarray | Da
 
 #: Targets: a vector of ``n`` numbers (one output) or an ``n × k`` matrix (k outputs).
 Targets: TypeAlias = Annotated[
-    list[_Row] | Annotated[list[FiniteFloat], Field(min_length=1)]
+    Annotated[list[_Row], Field(min_length=1)] | Annotated[list[FiniteFloat], Field(min_length=1)]
     | Annotated[str, Field(pattern=DATASET_ID_PATTERN, description=_DATASET_ID["description"])],
-    Field(min_length=1), AfterValidator(_to_targets)
+    AfterValidator(_to_targets)
 ]

@@ -9,10 +9,11 @@ from pydantic import BaseModel, Field
 from service.schemas.common import (
     Dtype,
     Inputs,
-    Integer,
     Positive,
     RequestModel,
+    Seed,
     Targets,
+    integer,
 )
 from service.schemas.kernels import NetworkSpec
 from service.schemas.learning import LossNormalization
@@ -23,11 +24,11 @@ class LazyTrainingRequest(RequestModel):
     ``L = (1/2N) Σ (f − y)²`` and report it at each of ``steps`` (step 0 = initialization)."""
 
     kernel: NetworkSpec
-    width: Annotated[Integer, Field(ge=1)]
-    seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
+    width: integer(ge=1)
+    seed: Seed = 0
     x_train: Inputs
     y_train: Targets
-    steps: Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1, max_length=1000)]
+    steps: Annotated[list[integer(ge=0)], Field(min_length=1, max_length=1000)]
     learning_rate: Positive = 1.0
     x_test: Inputs | None = None
     y_test: Targets | None = None

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import Dtype, Inputs, Integer, RequestModel
+from service.schemas.common import Dtype, Inputs, RequestModel, Seed, integer
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
-OutputName = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$")]
+#: The names of the matrices kernels yield.
+OUTPUT_PATTERN = r"^(nngp|ntk|ntk_a|ntk_b|kernel)$"
+OutputName = Annotated[str, Field(pattern=OUTPUT_PATTERN)]
 Outputs = Annotated[list[OutputName], Field(min_length=1, max_length=4)]
 
 
@@ -31,8 +33,8 @@ class EmpiricalKernelsRequest(RequestModel):
     """
 
     kernel: NetworkSpec
-    width: Annotated[Integer, Field(ge=1)]
-    seed: Annotated[Integer, Field(ge=0, le=2**63 - 1)] = 0
+    width: integer(ge=1)
+    seed: Seed = 0
     x1: Inputs
     x2: Inputs | None = None
     outputs: Outputs | None = Field(None, description="Matrices to return; default all the kernel yields.")

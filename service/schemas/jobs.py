@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from service.problems import Problem
-from service.schemas.common import Dtype, RequestModel
+from service.schemas.common import DATASET_ID_PATTERN, Dtype, RequestModel
 from service.schemas.gram import Outputs
 from service.schemas.kernels import KernelSpec
 from service.schemas.learning import KernelProblem, TrajectoryOptions
 
-DatasetId = Annotated[str, Field(min_length=1, max_length=100, description="An id from POST /v1/datasets.")]
+DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, description="An id from POST /v1/datasets.")]
 Device = Annotated[Literal["cpu", "gpu"], Field(description="gpu: run on workers with the Dask resource GPU=1.")]
 
 

@@ -14,11 +14,11 @@ from pydantic import Field, create_model
 from core.kernels import spec as core
 from core.kernels.registry import LAYER_KINDS, LayerKind, Param
 from service.schemas.common import (
-    FiniteFloat,
-    Integer,
     NonNegative,
     Positive,
     RequestModel,
+    finite_number,
+    integer,
 )
 
 
@@ -42,11 +42,11 @@ def _annotation(param: Param) -> Any:
     """The pydantic type of one registry field (ranges included, so the OpenAPI document has them)."""
     bounds = {key: getattr(param, key) for key in ("gt", "ge", "le") if getattr(param, key) is not None}
     if param.kind == "float":
-        ann: Any = Annotated[FiniteFloat, Field(**bounds)]
+        ann: Any = finite_number(**bounds)
     elif param.kind == "int":
-        ann = Annotated[Integer, Field(**bounds)]
+        ann = integer(**bounds)
     elif param.kind == "ints":
-        ann = Annotated[list[Annotated[Integer, Field(**bounds)]], Field(min_length=1, max_length=2)]
+        ann = Annotated[list[integer(**bounds)], Field(min_length=1, max_length=2)]
     elif param.kind == "choice":
         ann = Literal[param.choices]  # type: ignore[valid-type]
     else:  # layers_list
@@ -117,7 +117,7 @@ class PolynomialKernel(RequestModel):
     """(c + ⟨x, x'⟩)^degree."""
 
     type: Literal["polynomial"]
-    degree: Annotated[Integer, Field(ge=1, le=1000)]
+    degree: integer(ge=1, le=1000)
     c: NonNegative = 1.0
 
     def to_core(self) -> core.KernelSpec:

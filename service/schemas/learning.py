@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field, StrictBool
 
 from service.schemas.common import (
     Inputs,
-    Integer,
     NonNegative,
     Positive,
     RequestModel,
     Targets,
+    integer,
 )
 from service.schemas.kernels import KernelSpec
 
@@ -104,7 +104,7 @@ class SpectraRequest(RequestModel):
     kernel: KernelSpec
     which: Which | None = None
     x: Inputs
-    top_k: Annotated[Integer, Field(ge=1)] | None = None
+    top_k: integer(ge=1) | None = None
 
 
 class SpectraOut(BaseModel):

@@ -1,39 +1,95 @@
-"""Property-based conformance over the committed spec, against the app in-process.
+"""schemathesis 4 against a live server: every phase (examples, coverage, fuzzing, stateful) and
+every check, as ``st run`` from the repository root with the root's ``schemathesis.toml`` and its
+hooks (``tests/contract/schemathesis_hooks.py``), as a developer's bare run uses them; only its
+crash cache goes to a temporary directory.
 
-Positive and negative cases: no 5xx, documented status codes and content types, responses
-matching their schemas, and invalid data rejected.
+The server is a real uvicorn process on a temporary data directory. Bounded for CI: the coverage
+phase enumerates every boundary case the document defines (about 11 000 requests, most of the
+time); fuzzing draws 5 cases per operation; stateful testing follows the document's links
+(create → read, cancel, delete, result; lists → newest item) for 20 scenarios.
 """
 
 from __future__ import annotations
 
-import tempfile
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
+import httpx
+import pytest
 
 from service.__main__ import OPENAPI_PATH
-from service.app import create_app
-from service.settings import Settings
 
-schemathesis.serializer.alias("application/x-npy", "application/octet-stream")  # arbitrary bytes
-schema = schemathesis.openapi.from_path(OPENAPI_PATH)
-schema.config.generation.update(modes=["positive", "negative"])
-schema.app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="ntk-schemathesis-")),
-                                 max_result_entries=200_000))
-
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          negative_data_rejection]
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
-@schema.parametrize()
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_api_conforms(case: schemathesis.Case) -> None:
-    case.call_and_validate(checks=CHECKS)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "NTK_DATA_DIR": str(tmp_path_factory.mktemp("schemathesis-data")), "PYTHONPATH": str(ROOT),
+           "NTK_DASK_WORKERS": "1"}
+    env.pop("NTK_API_KEYS", None)
+    log = tmp_path_factory.mktemp("schemathesis-log") / "uvicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_every_phase_and_check_passes(server: str, tmp_path: Path) -> None:
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st, "schemathesis is a test dependency"
+    # the root's configuration as it is, plus a cache directory (crash files for `st replay`)
+    # outside the working tree
+    config = tmp_path / "schemathesis.toml"
+    config.write_text((ROOT / "schemathesis.toml").read_text(encoding="utf-8")
+                      + f"\n[cache]\ndirectory = {json.dumps(str(tmp_path / 'cache'))}\n", encoding="utf-8")
+    result = subprocess.run(
+        [st, "--config-file", str(config), "run", f"{server}/openapi.json", "--checks", "all", "--phases", ",".join(PHASES),
+         "--max-examples", "5", "--seed", "1", "--workers", "1", "--generation-database", "none", "--no-color",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-20000:]
+    summary = output[output.rindex("SUMMARY"):]
+    operations = sum(len(methods) for methods in json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))["paths"].values())
+    assert re.search(rf"Tested: {operations}\b", summary), summary
+    for phase in PHASES:
+        assert re.search(rf"✅ {phase}", summary, re.IGNORECASE), f"{phase} did not pass:\n{summary}"
+    assert f"Configuration:    {config}" in output, "schemathesis.toml was not used"
