@@ -83,19 +83,19 @@ class Problem:
 
 
 def _write_set(x_path: Path, y_path: Path, n: int, d: int, w: np.ndarray, seed: int, part: int) -> None:
-    """x ~ N(0, I_d) float32 and y = sin(x·w) + NOISE·ε, chunk by chunk into memory-mapped .npy files."""
-    x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.float32, shape=(n, d))
-    y = np.lib.format.open_memmap(y_path, mode="w+", dtype=np.float64, shape=(n,))
+    """x ~ N(0, I_d) float32 and y = sin(x·w) + NOISE·ε, appended chunk by chunk to .npy files
+    (plain writes, not a memory map: the written pages do not count in this process's RSS)."""
     rows = max(1, (1 << 24) // d)  # 64 MB of float32 per chunk
-    for i, start in enumerate(range(0, n, rows)):
-        stop = min(n, start + rows)
-        rng = np.random.default_rng([seed, part, i])
-        chunk = rng.standard_normal((stop - start, d), dtype=np.float32)
-        x[start:stop] = chunk
-        y[start:stop] = np.sin(chunk.astype(np.float64) @ w) + NOISE * rng.standard_normal(stop - start)
-    x.flush()
-    y.flush()
-    del x, y
+    with open(x_path, "wb") as fx, open(y_path, "wb") as fy:
+        for f, dtype, shape in ((fx, np.float32, (n, d)), (fy, np.float64, (n,))):
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(f, header)
+        for i, start in enumerate(range(0, n, rows)):
+            stop = min(n, start + rows)
+            rng = np.random.default_rng([seed, part, i])
+            chunk = rng.standard_normal((stop - start, d), dtype=np.float32)
+            fx.write(chunk.tobytes())
+            fy.write((np.sin(chunk.astype(np.float64) @ w) + NOISE * rng.standard_normal(stop - start)).tobytes())
 
 
 def write_problem(folder: Path, n: int, d: int, n_test: int, seed: int = 0) -> Problem:
