@@ -137,6 +137,9 @@ def check_trajectory_options(settings: Settings, options: Any, x_train: np.ndarr
     points = x_train.shape[0] + n_test if n_inline is None else n_inline
     entries = len(options.times) * points * n_outputs
     if entries > settings.max_result_entries:
-        raise too_large("max_result_entries",
-                        f"{len(options.times)} times × {points} points × {n_outputs} "
-                        f"output(s) is {entries} entries, over {settings.max_result_entries}")
+        detail = (f"{len(options.times)} times × {points} points × {n_outputs} output(s) is {entries} entries, "
+                  f"over {settings.max_result_entries}")
+        if n_inline is None:
+            raise too_large("max_result_entries", detail)
+        raise too_large("max_result_entries", detail, "Leave prediction arrays out of `include`: every one is "
+                        "also served as .npy by GET /v1/jobs/{id}/result?output=<name>.")

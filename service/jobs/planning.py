@@ -82,12 +82,11 @@ def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Sto
     return paths
 
 
-def _check_disk(settings: Settings, needed: int) -> None:
+def _check_disk(settings: Settings, needed: int, advice: str = "compute fewer outputs, or float32") -> None:
     free = shutil.disk_usage(settings.data_dir).free
     if needed > 0.9 * free:
-        raise insufficient_storage("the job's result (it may use 90% of the free space; compute fewer "
-                                   "outputs, or float32)", free, ["store", "jobs"],
-                                   needed)
+        raise insufficient_storage(f"the job's result (it may use 90% of the free space; {advice})", free,
+                                   ["store", "jobs"], needed)
 
 
 def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
@@ -161,7 +160,8 @@ def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob |
         check_trajectory_options(settings, shapes, _shaped(x), n_outputs,
                                  n_inline=(n if "train_predictions" in body.include else 0)
                                  + (n_test if "test_predictions" in body.include else 0))
-        _check_disk(settings, len(body.times) * (n + n_test) * n_outputs * 8)  # the .npy prediction arrays
+        _check_disk(settings, len(body.times) * (n + n_test) * n_outputs * 8,  # the .npy prediction arrays
+                    "ask for fewer times")
         plan["n_test"] = n_test
         plan["options"] = body.model_dump(include={"times", "learning_rate", "method", "loss_normalization",
                                                    "ridge", "ridge_mode", "tol", "max_iter", "include"})
