@@ -8,6 +8,7 @@ systems by ``numpy.linalg.solve`` — ``(K + ρI) α = y`` for the exact fit and
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,16 @@ async def test_job_plans_carry_the_resolved_solver(tmp_path: Path) -> None:
         assert losses_only["options"]["include"] == []
         problem = assert_problem(await client.post("/v1/jobs", json={"type": "trajectory", **common, **three}), 413)
         assert "NTK_MAX_RESULT_ENTRIES" in problem["detail"]
+
+
+async def test_models_stored_before_solvers_existed_read_as_cholesky(tmp_path: Path) -> None:
+    async with client_with(tmp_path) as client:
+        model = await fit(client)
+        before = await predict(client, model, time=2.0)
+        store = client._transport.app.state.storage  # type: ignore[attr-defined]
+        meta = json.loads(store.db.query("SELECT meta FROM models WHERE id=?", (model["id"],))[0]["meta"])
+        del meta["solver"]  # the ledger row as written before issue #10
+        store.db.execute("UPDATE models SET meta=? WHERE id=?", (json.dumps(meta), model["id"]))
+    async with client_with(tmp_path) as client:
+        assert (await client.get(f"/v1/models/{model['id']}")).json() == model
+        np.testing.assert_array_equal(await predict(client, model, time=2.0), before)
