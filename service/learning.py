@@ -158,11 +158,11 @@ def fit_model(spec: KernelSpec, which: str, x: np.ndarray, y: np.ndarray, ridge:
                        tol=solver.tol, max_iter=solver.max_iter, seed=solver.seed)
 
 
-def check_dense_model(model: StoredModel, field: str, what: str) -> None:
-    """422 at ``field`` when ``model`` is a cg/nystrom model, which cannot do ``what``."""
+def check_dense_model(model: StoredModel, loc: list[str | int], what: str) -> None:
+    """422 at ``loc`` when ``model`` is a cg/nystrom model, which cannot do ``what``."""
     if model.solver != "cholesky":
-        raise invalid(["body", field], f"model {model.id} was fitted with solver \"{model.solver}\", which keeps "
-                      f"coefficients on its centers but not the training kernel's eigenbasis: {what} needs a "
+        raise invalid(loc, f"model {model.id} was fitted with solver \"{model.solver}\", which keeps "
+                      f"coefficients on its centers but not the training kernel (nor its factor or eigenbasis): {what} needs a "
                       "cholesky model. It predicts means at t = ∞ (time null, variance false).")
 
 

@@ -137,9 +137,9 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
     resolve_datasets(body, store, owner)
     model = await _get(request, store, owner, model_id)
     if body.time is not None:
-        check_dense_model(model, "time", "a prediction at a finite training time")
+        check_dense_model(model, ["body", "time"], "a prediction at a finite training time")
     if body.variance:
-        check_dense_model(model, "variance", "the predictive variance")
+        check_dense_model(model, ["body", "variance"], "the predictive variance")
     check_features(model.x_centers, body.x_test, ("x_train", "x_test"))
     check_prediction_work(settings, _spec(model), body.x_test, model.x_centers.shape[0])
     entries = body.x_test.shape[0] * model.n_outputs
@@ -158,7 +158,7 @@ async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Requ
     Cholesky models only: on a cg/nystrom model it is a 422 (use a ``trajectory`` job with solver krylov)."""
     resolve_datasets(body, store, owner)
     model = await _get(request, store, owner, model_id)
-    check_dense_model(model, "times", "a training trajectory (use a trajectory job with solver \"krylov\")")
+    check_dense_model(model, ["path", "model_id"], "a training trajectory (use a trajectory job with solver \"krylov\")")
     check_trajectory_options(settings, body, model.x_centers, model.n_outputs)
     if body.x_test is not None:  # the test × training kernel (the training one exists already)
         check_inputs(settings, _spec(model), body.x_test, "x_test", model.x_centers.shape[0])
