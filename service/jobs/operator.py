@@ -19,8 +19,12 @@ written once as float64 ``.npy`` files in ``<job>/cache/<name>/<tile>.npy`` (ato
 temporary renamed into place) and read back by every later product. Any worker can read them and
 they survive a worker's death. Measured (depth-3 ReLU NTK, d = 784, one core): computing a
 2048 × 2048 tile takes 0.37 s, reading it back 7 ms (page cache) and its two products 9 ms, so
-a cached tile is about 20× cheaper; the cache is therefore always used within its byte bound. A
-tile that cannot be written (disk full) is simply recomputed next time.
+a cached tile is about 20× cheaper (a cg iteration at n = 8000 on two workers: 4 s without,
+0.15 s with the cache). Cheap kernels on small inputs (a linear kernel at d = 16: 28 ms a tile)
+on a slow disk could lose, so each operator measures both (seconds per byte of tiles computed in
+the first product, of tiles read in the next) and drops its cache when reading is the slower
+(:meth:`TiledKernel._decide_cache`). A tile that cannot be written (disk full) is simply
+recomputed next time.
 
 Cancellation: every tile task checks the job's cancel flag first and then returns ``None`` without
 computing; the driver turns that into :class:`JobCancelled` (cancel latency: about one tile).
@@ -31,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,16 +87,22 @@ def _compute(source: KernelSource, tile: Tile) -> np.ndarray:
     return blocks[source.which]
 
 
-def _tile(source: KernelSource, tile: Tile) -> np.ndarray:
+def _tile(source: KernelSource, tile: Tile, timing: np.ndarray | None = None) -> np.ndarray:
     """The block of ``tile``: from the cache when it is there, else computed (and cached if it is
-    one of the cached tiles)."""
+    one of the cached tiles). Adds ``[seconds, bytes]`` of computing to ``timing[:2]``, of reading
+    the cache to ``timing[2:]`` (see :class:`TiledKernel`'s cache decision)."""
     path = source.cache_file(tile)
+    started = time.perf_counter()
     if path is not None and path.exists():
         with contextlib.suppress(OSError, ValueError):  # unreadable: recompute and rewrite
             block = np.load(path, allow_pickle=False)
             if block.shape == (tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]) and block.dtype == FLOAT:
+                if timing is not None:
+                    timing[2:] += (time.perf_counter() - started, block.nbytes)
                 return block
     block = _compute(source, tile)
+    if timing is not None:
+        timing[:2] += (time.perf_counter() - started, block.nbytes)
     if path is not None:
         _store(path, block)
     return block
@@ -112,29 +124,31 @@ def _store(path: Path, block: np.ndarray) -> None:
 
 
 def tile_products(source: KernelSource, tile: Tile, right: np.ndarray | None, left: np.ndarray | None
-                  ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
-    """``(T·right, Tᵀ·left)`` for the tile's block ``T`` (either side may be skipped with None; on a
-    diagonal tile of a symmetric operator ``Tᵀ·left`` is skipped: ``T·right`` covers it). ``None``
-    when the job was cancelled."""
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None:
+    """``(T·right, Tᵀ·left, timing)`` for the tile's block ``T`` (either side may be skipped with None;
+    on a diagonal tile of a symmetric operator ``Tᵀ·left`` is skipped: ``T·right`` covers it).
+    ``None`` when the job was cancelled."""
     if source.cancelled:
         return None
-    block = _tile(source, tile)
+    timing = np.zeros(4)
+    block = _tile(source, tile, timing)
     forward = None if right is None else block @ right
     backward = None if left is None or (tile.diagonal and source.cols_path is None) else block.T @ left
-    return forward, backward
+    return forward, backward, timing
 
 
-def row_normal(source: KernelSource, tiles: list[Tile], v: np.ndarray) -> np.ndarray | None:
-    """``K_iᵀ (K_i v)`` for the row of tiles ``K_i`` (one row block against every column block;
-    ``v``: ``n_B × k``); ``None`` when the job was cancelled."""
+def row_normal(source: KernelSource, tiles: list[Tile], v: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(K_iᵀ (K_i v), timing)`` for the row of tiles ``K_i`` (one row block against every column
+    block; ``v``: ``n_B × k``); ``None`` when the job was cancelled."""
     if source.cancelled:
         return None
-    blocks = [_tile(source, t) for t in tiles]
+    timing = np.zeros(4)
+    blocks = [_tile(source, t, timing) for t in tiles]
     u = sum(b @ v[t.cols[0]:t.cols[1]] for b, t in zip(blocks, tiles, strict=True))
     out = np.zeros_like(v)
     for b, t in zip(blocks, tiles, strict=True):
         out[t.cols[0]:t.cols[1]] = b.T @ u
-    return out
+    return out, timing
 
 
 def tile_block(source: KernelSource, tile: Tile) -> np.ndarray | None:
@@ -189,9 +203,36 @@ class TiledKernel:
         self.tiles = plan_tiles(self.n_rows, None if self.symmetric else self.n_cols, self.tile)
         cached = cached_tiles(self.tiles, cache_bytes) if cache_bytes > 0 else 0
         self.source = replace(source, cache_name=name if cached else None, cached=cached)
+        self.name = name
         self.key = f"{key}-{name}"
         self._calls = 0
         self._resources = {"GPU": 1} if source.device == "gpu" else None
+        #: Seconds and bytes of tiles computed ([0:2]) and read from the cache ([2:4]) so far.
+        self.timing = np.zeros(4)
+        #: ``None`` until measured; then whether reading a cached tile is faster than computing it.
+        self.cache_faster: bool | None = None
+
+    def _decide_cache(self) -> None:
+        """Once both have been measured, keep the cache only if reading a cached byte is faster than
+        computing it (it always was for network kernels, see the module docstring; a cheap kernel on
+        a slow disk may differ). A dropped cache is deleted and never read again."""
+        computed, computed_bytes, read, read_bytes = self.timing
+        if self.cache_faster is not None or not (computed_bytes and read_bytes):
+            return
+        self.cache_faster = bool(read / read_bytes < computed / computed_bytes)
+        if not self.cache_faster:
+            self.source = replace(self.source, cache_name=None, cached=0)
+            shutil.rmtree(Path(self.source.job_dir) / "cache" / self.name, ignore_errors=True)
+
+    @property
+    def cache_report(self) -> dict[str, Any]:
+        """The cache's measurements (for the driver's record): tiles cached, seconds per GB computing
+        and reading, and the decision."""
+        computed, computed_bytes, read, read_bytes = self.timing
+        return {"tiles": len(self.tiles), "cached_tiles": self.source.cached,
+                "compute_s_per_gb": round(computed / computed_bytes * 1e9, 3) if computed_bytes else None,
+                "read_s_per_gb": round(read / read_bytes * 1e9, 3) if read_bytes else None,
+                "cache_faster": self.cache_faster}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -238,11 +279,13 @@ class TiledKernel:
         arguments = [(t, parts[row_of[t.cols[0]]], parts[row_of[t.rows[0]]] if self.symmetric else None)
                      for t in self.tiles]
         out = np.zeros((self.n_rows, v2.shape[1]))
-        for i, (forward, backward) in self._run(tile_products, arguments):
+        for i, (forward, backward, timing) in self._run(tile_products, arguments):
             t = self.tiles[i]
             out[t.rows[0]:t.rows[1]] += forward
             if backward is not None:
                 out[t.cols[0]:t.cols[1]] += backward
+            self.timing += timing
+        self._decide_cache()
         return out if np.ndim(v) == 2 else out[:, 0]
 
     def rmatmat(self, u: np.ndarray) -> np.ndarray:
@@ -253,9 +296,12 @@ class TiledKernel:
         parts = self._scatter(u2)
         row_of = {s: i for i, (s, _) in enumerate(self._blocks(self.n_rows))}
         out = np.zeros((self.n_cols, u2.shape[1]))
-        for i, (_, backward) in self._run(tile_products, [(t, None, parts[row_of[t.rows[0]]]) for t in self.tiles]):
+        for i, (_, backward, timing) in self._run(tile_products,
+                                                  [(t, None, parts[row_of[t.rows[0]]]) for t in self.tiles]):
             t = self.tiles[i]
             out[t.cols[0]:t.cols[1]] += backward
+            self.timing += timing
+        self._decide_cache()
         return out if np.ndim(u) == 2 else out[:, 0]
 
     def normal(self, v: np.ndarray) -> np.ndarray:
@@ -268,8 +314,10 @@ class TiledKernel:
         for t in self.tiles:
             rows.setdefault(t.rows[0], []).append(t)
         out = np.zeros_like(v2)
-        for _, part in self._run(row_normal, [(row, shared) for row in rows.values()]):
+        for _, (part, timing) in self._run(row_normal, [(row, shared) for row in rows.values()]):
             out += part
+            self.timing += timing
+        self._decide_cache()
         return out if np.ndim(v) == 2 else out[:, 0]
 
     def dense(self) -> np.ndarray:

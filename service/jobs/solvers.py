@@ -15,7 +15,8 @@ In the job folder it keeps (see also :mod:`service.jobs.tasks`):
   runs the driver again elsewhere and it warm-starts from there (``x0``) with the remaining
   iterations; tiles already cached are reused. A krylov trajectory restarts its Lanczos process
   (only from the cache);
-- ``driver.json`` — where the driver runs (worker address, pid) and which attempt it is;
+- ``driver.json`` — where the driver runs (worker address, pid), which attempt it is, the iteration
+  it resumed from, and the tile cache's measurements and decision (``cache``);
 - ``inputs/centers.npy`` / ``inputs/preconditioner_centers.npy`` — the sampled points' inputs that
   tile tasks read like any input.
 
@@ -275,6 +276,7 @@ def _fit_cg(client: Any, problem: _Problem, plan: dict[str, Any], staging: str) 
         train.matmat, problem.y, shift=rho, preconditioner=preconditioner, tol=plan["tol"], max_iter=left, x0=x0,
         callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     residual = float(np.linalg.norm(train.matmat(alpha) - problem.y))
+    problem.folder.note(cache=train.cache_report)
     write_dual_model(Path(staging), problem.x_path, None, alpha)
     return dual_model_meta(solver="cg", n_train=problem.n, n_outputs=problem.y.shape[1], y_was_1d=problem.y_was_1d,
                            ridge_effective=rho, train_residual_norm=residual, centers=problem.n, seed=plan["seed"],
@@ -301,6 +303,7 @@ def _fit_nystrom(client: Any, problem: _Problem, plan: dict[str, Any], staging: 
                                  callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     del k_mm
     residual = float(np.linalg.norm(knm.matmat(beta) - problem.y))
+    problem.folder.note(cache=knm.cache_report)
     write_dual_model(Path(staging), centers_x, centers, beta)
     return dual_model_meta(solver="nystrom", n_train=problem.n, n_outputs=problem.y.shape[1],
                            y_was_1d=problem.y_was_1d, ridge_effective=rho, train_residual_norm=residual, centers=m,
@@ -346,6 +349,7 @@ def _krylov(client: Any, problem: _Problem, plan: dict[str, Any]) -> dict[str, A
                                rate=options["learning_rate"] / n_norm, shift=rho, tol=options.get("tol", 1e-8),
                                max_iter=options.get("max_iter", 1000),
                                callback=problem.folder.callback(options.get("tol", 1e-8), options.get("max_iter", 1000)))
+    problem.folder.note(cache=train.cache_report)
     test = test_loss = None
     x_test = plan["paths"].get("x_test")
     if x_test is not None:

@@ -76,8 +76,8 @@ async def test_cg_and_nystrom_fit_jobs_equal_a_direct_solve(client: httpx.AsyncC
     x, xt = RNG.normal(size=(150, 4)), RNG.normal(size=(7, 4))
     y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
     ids = {name: await upload(client, a) for name, a in {"x": x, "y": y, "y1": y[:, 0]}.items()}
-    cases = [("cg", ids["y"], y, 1e-3, "relative", {}), ("nystrom", ids["y"], y, 1e-3, "relative", {"centers": 150}),
-             ("cg", ids["y1"], y[:, 0], 0.05, "absolute", {"tol": 1e-10}),
+    cases = [("cg", ids["y"], y, 1e-2, "relative", {}), ("nystrom", ids["y"], y, 1e-3, "relative", {"centers": 150}),
+             ("cg", ids["y1"], y[:, 0], 0.05, "absolute", {"tol": 1e-9}),
              ("nystrom", ids["y1"], y[:, 0], 0.05, "absolute", {"centers": 150, "seed": 3})]
     jobs = [await submit(client, {"type": "fit", "kernel": NETWORK, "x_train": ids["x"], "y_train": y_id,
                                   "ridge": ridge, "ridge_mode": mode, "solver": solver} | extra)
@@ -153,12 +153,13 @@ async def test_krylov_trajectory_jobs_equal_the_eigh_jobs(client: httpx.AsyncCli
         < 1e-6
 
 
-async def _slow_cg_job(client: httpx.AsyncClient, n: int, **extra: object) -> tuple[dict, np.ndarray, np.ndarray]:
-    """A cg job of many iterations: n points, a small ridge, the weak preconditioner."""
+async def _slow_cg_job(client: httpx.AsyncClient, n: int, ridge: float = 1e-4, **extra: object
+                       ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A cg job of many iterations: n points, a small (relative) ridge, the weak preconditioner."""
     x = RNG.normal(size=(n, 6))
     y = np.sin(2 * x[:, 0]) + x[:, 1]
     body = {"type": "fit", "kernel": NETWORK, "x_train": await upload(client, x), "y_train": await upload(client, y),
-            "ridge": 1e-4, "ridge_mode": "relative", "solver": "cg", "tol": 1e-9} | extra
+            "ridge": ridge, "ridge_mode": "relative", "solver": "cg", "tol": 1e-9} | extra
     return await submit(client, body), x, y
 
 
@@ -194,7 +195,7 @@ async def test_not_converging_fails_with_the_residual_reached(client: httpx.Asyn
 
 
 async def test_worker_killed_mid_solve_still_succeeds(client: httpx.AsyncClient, settings: Settings) -> None:
-    job, x, y = await _slow_cg_job(client, 300)
+    job, x, y = await _slow_cg_job(client, 300, ridge=1e-3)
     folder = job_folder(settings, job)
     while not (folder / "checkpoint.npy.json").exists():
         status = (await client.get(f"/v1/jobs/{job['id']}")).json()
@@ -208,7 +209,7 @@ async def test_worker_killed_mid_solve_still_succeeds(client: httpx.AsyncClient,
     second = json.loads((folder / "driver.json").read_text())
     assert second["attempt"] == 2 and second["pid"] != first["pid"] and second["resumed_from"] >= 5
     model = (await client.get(f"/v1/jobs/{job['id']}/result")).json()
-    alpha, _ = direct_fit(x, y, 1e-4, "relative")
+    alpha, _ = direct_fit(x, y, 1e-3, "relative")
     stored = np.load(Path(settings.data_dir) / "models" / model["id"] / "coefficients.npy")
     assert relative(stored[:, 0], alpha) < 1e-6
     assert model["solver"]["iterations"] > second["resumed_from"]
