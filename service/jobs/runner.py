@@ -24,7 +24,7 @@ from core.kernels.spec import KernelSpec
 from core.tiling import plan_tiles
 from service.jobs.engine import ComputeEngine
 from service.jobs.ledger import ACTIVE, Job, JobLedger
-from service.jobs.results import TRAJECTORY_DOCUMENT, trajectory_outputs
+from service.jobs.results import TRAJECTORY_DOCUMENT
 from service.jobs.solvers import ITERATIVE, PROGRESS, EngineLimits, fit_driver, trajectory_driver
 from service.jobs.tasks import (
     CANCEL_FLAG,
@@ -199,7 +199,7 @@ class JobRunner:
             future = client.submit(trajectory_task, self.spec_of(job), plan["which"], plan["paths"], plan["options"],
                                    folder, key=f"{job.id}-trajectory", resources=self._resources(job), retries=1)
             await self._follow(client, [future], 0, 1, job)
-        return {"path": TRAJECTORY_DOCUMENT, "outputs": trajectory_outputs(int(plan["paths"].get("x_test") is not None))}
+        return {"path": TRAJECTORY_DOCUMENT}
 
     def _limits(self) -> EngineLimits:
         settings = self.engine.settings

@@ -4,7 +4,10 @@ in the graph), write results and done-markers to the job folder, and never touch
 A job folder ``<data_dir>/jobs/<id>/`` holds ``inputs/`` (hard links to the datasets, so
 deleting a dataset cannot break a running job), ``result/<output>.npy`` (gram: one file per
 output, written in place by the tiles in disjoint blocks; see :mod:`service.jobs.results`),
-``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
+``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and, for trajectory jobs, ``result.json``
+and ``result/<array>.npy``. Jobs of the iterative solvers add ``cache/`` (kernel tiles, removed when
+the job ends; :mod:`service.jobs.operator`), ``progress.json``, ``checkpoint.npy``, ``driver.json``
+and the sampled centers' inputs under ``inputs/`` (:mod:`service.jobs.solvers`).
 """
 
 from __future__ import annotations
