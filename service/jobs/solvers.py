@@ -199,10 +199,15 @@ class _Problem:
 
 
 def _cache_budget(folder: Path, configured: int) -> int:
-    """The cache bound: the setting, and at most half the free disk when the job starts."""
+    """The cache bound: the setting, and at most half the disk that is free when the driver starts
+    (counting what an earlier attempt of the job already cached as free: it is reused)."""
     import shutil
 
-    return max(0, min(configured, shutil.disk_usage(folder).free // 2))
+    cached = 0
+    for path in (folder / "cache").rglob("*.npy"):
+        with contextlib.suppress(OSError):  # a temporary renamed meanwhile
+            cached += path.stat().st_size
+    return max(0, min(configured, (shutil.disk_usage(folder).free + cached) // 2))
 
 
 def _problem(job_dir: str, spec: KernelSpec, plan: dict[str, Any], limits: EngineLimits) -> _Problem:
@@ -346,9 +351,9 @@ def _krylov(client: Any, problem: _Problem, plan: dict[str, Any]) -> dict[str, A
     n_norm = normalization_count(problem.y.size, options["loss_normalization"])
     times = np.asarray(options["times"], dtype=np.float64)
     result = krylov_trajectory(train.matmat, problem.y, times, method=options["method"],
-                               rate=options["learning_rate"] / n_norm, shift=rho, tol=options.get("tol", 1e-8),
-                               max_iter=options.get("max_iter", 1000),
-                               callback=problem.folder.callback(options.get("tol", 1e-8), options.get("max_iter", 1000)))
+                               rate=options["learning_rate"] / n_norm, shift=rho, tol=options["tol"],
+                               max_iter=options["max_iter"],
+                               callback=problem.folder.callback(options["tol"], options["max_iter"]))
     problem.folder.note(cache=train.cache_report)
     test = test_loss = None
     x_test = plan["paths"].get("x_test")
