@@ -213,3 +213,25 @@ async def test_worker_killed_mid_solve_still_succeeds(client: httpx.AsyncClient,
     stored = np.load(Path(settings.data_dir) / "models" / model["id"] / "coefficients.npy")
     assert relative(stored[:, 0], alpha) < 1e-6
     assert model["solver"]["iterations"] > second["resumed_from"]
+
+
+async def test_api_restart_mid_solve_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, dask_workers=2, job_tile=64, cg_preconditioner_rank=8)
+    first = create_app(settings)
+    async with (first.router.lifespan_context(first),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as c):
+        job, x, y = await _slow_cg_job(c, 300, ridge=1e-3)
+        while not (job_folder(settings, job) / "checkpoint.npy.json").exists():
+            assert (await c.get(f"/v1/jobs/{job['id']}")).json()["status"] in ("queued", "running")
+            await asyncio.sleep(0.05)
+    second = create_app(settings)
+    async with (second.router.lifespan_context(second),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://t") as c):
+        done = await wait_for(c, job["id"], timeout=180)
+        assert done["status"] == "succeeded", done
+        model = (await c.get(f"/v1/jobs/{job['id']}/result")).json()
+    record = json.loads((job_folder(settings, job) / "driver.json").read_text())
+    assert record["attempt"] >= 2 and record["resumed_from"] >= 5
+    alpha, _ = direct_fit(x, y, 1e-3, "relative")
+    stored = np.load(tmp_path / "models" / model["id"] / "coefficients.npy")
+    assert relative(stored[:, 0], alpha) < 1e-6
