@@ -12,6 +12,12 @@ centers give ``K_nMᵀ K_nM ≈ (n/M) K_MM²``, so ``H ≈ (n/M) K_MM² + ridge�
 ``B = T⁻¹ A⁻¹ / √n`` gives ``B Bᵀ = ((n/M) K_MM² + ridge·K_MM)⁻¹`` and ``Bᵀ H B ≈ I``
 (``= I`` up to δ with all points as centers). CG runs on ``Bᵀ H B γ = Bᵀ K_nMᵀ y``, ``β = B γ``.
 Cost: O(M³) once, then per iteration one ``normal_matmat`` and O(M²·k).
+
+Attainable accuracy: ``H`` squares the conditioning of ``K_nM``. When ``K_MM`` is singular to
+working precision (smooth kernels such as RBF with many centers in few dimensions), round-off
+in ``Bᵀ H B`` keeps the residual above ~1e-7 (measured: RBF, n = 600, d = 3, 200–400 centers,
+relative ridge 1e-3–1e-2) and the solve ends in :class:`NotConverged`; a larger ridge, fewer
+centers or a looser ``tol`` help. Network kernels on realistic inputs are far from this.
 """
 
 from __future__ import annotations
