@@ -19,8 +19,9 @@ written once as float64 ``.npy`` files in ``<job>/cache/<name>/<tile>.npy`` (ato
 temporary renamed into place) and read back by every later product. Any worker can read them and
 they survive a worker's death. Measured (depth-3 ReLU NTK, d = 784, one core): computing a
 2048 × 2048 tile takes 0.37 s, reading it back 7 ms (page cache) and its two products 9 ms, so
-a cached tile is about 20× cheaper (a cg iteration at n = 8000 on two workers: 4 s without,
-0.15 s with the cache). Cheap kernels on small inputs (a linear kernel at d = 16: 28 ms a tile)
+a cached tile is about 20× cheaper (a cg iteration at n = 8000, float32 inputs, on two workers of
+a shared 2-core machine: 1.2–1.9 s without the cache, 0.09 s with it; the first iteration, which
+writes the 256 MB of tiles, 1.1 s). Cheap kernels on small inputs (a linear kernel at d = 16: 28 ms a tile)
 on a slow disk could lose, so each operator measures both (seconds per byte of tiles computed in
 the first product, of tiles read in the next) and drops its cache when reading is the slower
 (:meth:`TiledKernel._decide_cache`). A tile that cannot be written (disk full) is simply
