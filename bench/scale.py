@@ -10,13 +10,13 @@ Scenarios (``--scenario``, repeatable; ``all`` runs them in this order):
   kind of ``--data``;
 - ``nystrom-100k``: n = 100 000, n/10 centers (goals: ≤ 5 min end to end, every process ≤ 6 GB, API ≤ 1 GB);
 - ``cg-40k``: n = 40 000, ``cg`` (goal: converges with every process ≤ 4 GB), against a ``cholesky`` job
-  (time ratio, and predictions compared) and ``cg`` without its preconditioner (the server setting
+  (time ratio, and predictions compared; run only where its 16·n² bytes fit one worker's memory) and ``cg`` without its preconditioner (the server setting
   ``NTK_CG_PRECONDITIONER_RANK=0``; the API has no request field for it) capped at ``--cg-plain-max-iter``;
 - ``nystrom-1m``: n = 1 000 000, d = 16, 4 000 centers (goal: completes on the embedded engine), and the same
   at n/10, so that the time ratio shows how the cost grows with n;
 - ``krylov-50k``: a ``krylov`` trajectory job, n = 50 000, 100 times, test predictions only (time, iterations,
   the service's error estimate, and the error measured against an ``eigh`` job where n is within
-  ``NTK_MAX_JOB_TRAIN_SIZE``, i.e. at ``--scale`` ≤ 0.8).
+  ``NTK_MAX_JOB_TRAIN_SIZE`` and 16·n² bytes fit one worker's memory).
 
 ``--scale s`` multiplies every n (centers follow where they are a fraction of n) for a quick run.
 
