@@ -44,7 +44,7 @@ def conjugate_gradients(
     if not (np.isfinite(shift) and shift >= 0):
         raise ValueError(f"shift must be finite and ≥ 0, got {shift!r}")
     b2, was_1d = as_block(b)
-    n, k = b2.shape
+    k = b2.shape[1]
     shift = float(shift)
 
     def a_times(v: np.ndarray) -> np.ndarray:
@@ -79,15 +79,20 @@ def conjugate_gradients(
     p = np.zeros_like(b2)
     rz = np.zeros(k)
 
-    def restart(cols: np.ndarray, iteration: int) -> None:
+    def precondition(cols: np.ndarray, iteration: int) -> np.ndarray:
+        """z = P⁻¹r on ``cols``; returns rᵀz there (> 0 for an SPD preconditioner, else ValueError)."""
         z[:, cols] = p_inv(r[:, cols])
-        rz[cols] = np.einsum("ij,ij->j", r[:, cols], z[:, cols])
-        bad = cols[~(rz[cols] > 0)]
+        rz_cols = np.einsum("ij,ij->j", r[:, cols], z[:, cols])
+        bad = np.flatnonzero(~(rz_cols > 0))
         if bad.size:
             raise ValueError(
-                f"the preconditioner is not positive definite (rᵀP⁻¹r = {rz[bad[0]]:.3g} in column "
-                f"{int(bad[0])} at iteration {iteration})"
+                f"the preconditioner is not positive definite (rᵀP⁻¹r = {rz_cols[bad[0]]:.3g} in column "
+                f"{int(cols[bad[0]])} at iteration {iteration})"
             )
+        return rz_cols
+
+    def restart(cols: np.ndarray, iteration: int) -> None:
+        rz[cols] = precondition(cols, iteration)
         p[:, cols] = z[:, cols]
 
     if active.size:
@@ -111,11 +116,7 @@ def conjugate_gradients(
         done = rel[active] <= tol
         going = active[~done]
         if going.size:
-            z[:, going] = p_inv(r[:, going])
-            rz_new = np.einsum("ij,ij->j", r[:, going], z[:, going])
-            if not (rz_new > 0).all():
-                bad_col = int(going[np.flatnonzero(~(rz_new > 0))[0]])
-                raise ValueError(f"the preconditioner is not positive definite (column {bad_col}, iteration {iteration})")
+            rz_new = precondition(going, iteration)
             p[:, going] = z[:, going] + (rz_new / rz[going]) * p[:, going]
             rz[going] = rz_new
         active = going

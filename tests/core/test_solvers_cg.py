@@ -161,6 +161,8 @@ def test_indefinite_or_broken_kernels_fail_clearly():
     b = rng.standard_normal(50)
     with pytest.raises(ValueError, match="not positive definite"):
         conjugate_gradients(lambda v: indefinite @ v, b, tol=1e-12, max_iter=500)
+    with pytest.raises(ValueError, match="preconditioner is not positive definite"):
+        conjugate_gradients(lambda v: v, b, preconditioner=lambda v: -v)
     with pytest.raises(ValueError, match="non-finite"):
         conjugate_gradients(lambda v: np.full_like(v, np.nan), b)
     with pytest.raises(ValueError, match="shape"):
