@@ -183,3 +183,17 @@ def test_choose_centers():
     for n, m in ((10, 0), (10, 11)):
         with pytest.raises(ValueError, match="centers"):
             choose_centers(n, m, seed=0)
+
+
+def test_singular_kernel_without_ridge_fails_clearly_not_with_nan():
+    """K with a 10-dimensional null space, b outside its range, shift 0: no solution exists; CG must
+    end in NotConverged (finite iterate) or the not-positive-definite error, never NaN."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
+    k = (q * np.r_[np.zeros(10), np.geomspace(1e-3, 10, 70)]) @ q.T
+    b = rng.standard_normal(80)
+    for max_iter in (50, 5000):
+        with pytest.raises(ValueError, match="not positive definite|raise max_iter or ridge") as info:
+            conjugate_gradients(lambda v: k @ v, b, tol=1e-10, max_iter=max_iter)
+        if isinstance(info.value, NotConverged):
+            assert np.isfinite(info.value.solution).all() and np.isfinite(info.value.report.relative_residual)
