@@ -44,7 +44,6 @@ from core.dynamics import Trajectory, normalization_count
 from core.dynamics.trajectory import as_targets
 from core.kernels.spec import KernelSpec
 from core.solvers import (
-    NotConverged,
     choose_centers,
     conjugate_gradients,
     krylov_trajectory,
@@ -227,15 +226,20 @@ def _problem(job_dir: str, spec: KernelSpec, plan: dict[str, Any], limits: Engin
 
 
 def _solving(run: Callable[[], Any]) -> Any:
-    """Run a solve: cancellation → ``None``; the solver's refusals → a job failure with their message."""
+    """Run a solve: cancellation → ``None``; the solver's refusals (not converged, not positive
+    definite) and a full disk → a job failure that says so."""
+    from service.storage.faults import is_disk_full
+
     try:
         return run()
     except JobCancelled:
         return None
-    except NotConverged as exc:
+    except ValueError as exc:  # NotConverged included: its message reports the residual reached
         raise task_failure(str(exc)) from None
-    except ValueError as exc:
-        raise task_failure(str(exc)) from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise task_failure("the data store is full: the job's result could not be written") from None
+        raise
 
 
 # --- fits ---------------------------------------------------------------------------------------------------------
