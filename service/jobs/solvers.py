@@ -305,12 +305,12 @@ def _fit_nystrom(client: Any, problem: _Problem, plan: dict[str, Any], staging: 
         rho = problem.ridge(problem.operator(client, problem.x_path, None, "train"), plan["ridge"], "relative")
     else:
         rho = float(plan["ridge"])
-    k_mm = problem.operator(client, centers_path, None, "kmm").dense()
     rhs = knm.rmatmat(problem.y)
     x0, done, left = _warm_start(problem, rhs.shape, plan["max_iter"])
-    beta, report = nystrom_solve(knm.normal, rhs, k_mm, rho, problem.n, tol=plan["tol"], max_iter=left, x0=x0,
-                                 callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
-    del k_mm
+    kmm = problem.operator(client, centers_path, None, "kmm")
+    # K_MM (M × M) is passed without a name here, so that only the solver holds it
+    beta, report = nystrom_solve(knm.normal, rhs, kmm.dense(), rho, problem.n, tol=plan["tol"], max_iter=left,
+                                 x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     residual = float(np.linalg.norm(knm.matmat(beta) - problem.y))
     problem.folder.note(cache=knm.cache_report)
     write_dual_model(Path(staging), centers_x, centers, beta)
