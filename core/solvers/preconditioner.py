@@ -30,8 +30,8 @@ def choose_centers(n: int, m: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(int(n), size=int(m), replace=False)).astype(np.int64)
 
 
-def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix") -> np.ndarray:
-    """Upper ``T`` with ``TᵀT = a + δI`` for a symmetric PSD ``a`` (m × m).
+def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix") -> tuple[np.ndarray, float]:
+    """``(T, δ)``: upper ``T`` with ``TᵀT = a + δI`` for a symmetric PSD ``a`` (m × m).
 
     ``δ = m·eps·mean(diag a)`` (Falkon's jitter, made relative to the kernel's scale), raised
     tenfold until the factorization succeeds (a near-singular ``a``, e.g. duplicate points).
@@ -48,7 +48,7 @@ def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix") -
         shifted = sym.copy()
         shifted.flat[:: m + 1] += jitter
         try:
-            return scipy.linalg.cholesky(shifted, lower=False, check_finite=False)
+            return scipy.linalg.cholesky(shifted, lower=False, check_finite=False), jitter
         except np.linalg.LinAlgError:
             jitter *= 10.0
     raise ValueError(f"{name} is not positive semi-definite (Cholesky fails even with jitter {jitter:.2g})")
