@@ -141,6 +141,10 @@ async def test_krylov_trajectory_jobs_equal_the_eigh_jobs(client: httpx.AsyncCli
     part = await client.get(f"/v1/jobs/{job_id}/result", params={"output": "train_predictions"},
                             headers={"Range": "bytes=100-"})
     assert part.status_code == 206 and part.content == download.content[100:]
+    head = await client.head(f"/v1/jobs/{job_id}/result", params={"output": "train_predictions"})
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(download.content)
+    document = await client.head(f"/v1/jobs/{job_id}/result")
+    assert document.status_code == 200 and document.headers["content-type"] == "application/json"
     assert_problem(await client.get(f"/v1/jobs/{job_id}/result", params={"output": "kernel"}), 422)
     assert_problem(await client.get(f"/v1/jobs/{job_id}/result", headers={"accept": "application/x-npy"}), 406)
 
