@@ -55,8 +55,10 @@ def test_fewer_centers_solve_the_nystrom_normal_equations(name):
 
 @pytest.mark.parametrize("name", ["ntk", "rbf"])
 def test_fewer_centers_approach_the_exact_test_error(name):
-    """n = 600, 150 centers, y = sin(x·W) + 0.1 noise, relative ridge 1e-2. Measured test-MSE ratio
-    Nyström / exact over seeds 0–4: NTK 0.48–1.14, RBF 0.93–1.06; asserted ≤ 1.3 (30 % margin)."""
+    """n = 600 in 3-D, 200 centers, y = sin(x·W) + 0.1 noise, relative ridge 1e-2. Measured test-MSE
+    ratio Nyström / exact over data seeds 0–9: NTK 0.67–1.16 (the exact NTK fit overfits a little;
+    fewer centers regularize), RBF 0.98–1.02; this test's seed 0: NTK 0.67, RBF 0.99.
+    Asserted ≤ 1.3 (30 % margin)."""
     k, k_test, x, x_test = kernel_problem(name, 600, 3, n_test=300, seed=0)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 2)) / np.sqrt(3)
@@ -64,7 +66,7 @@ def test_fewer_centers_approach_the_exact_test_error(name):
     y_test = np.sin(x_test @ w)
     ridge = 1e-2 * np.trace(k) / 600
     exact = k_test @ scipy.linalg.solve(k + ridge * np.eye(600), y, assume_a="pos")
-    c = choose_centers(600, 150, seed=0)
+    c = choose_centers(600, 200, seed=0)
     beta, _ = falkon(k, y, c, ridge, tol=1e-8)
     mse_exact = ((exact - y_test) ** 2).mean()
     mse_nystrom = ((k_test[:, c] @ beta - y_test) ** 2).mean()
