@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from core.kernels import RBF, Activation, Dense, Network, gram
 
@@ -32,3 +34,10 @@ def kernel_problem(name: str, n: int, d: int, n_test: int = 0, seed: int = 0) ->
     out = "ntk" if name == "ntk" else "kernel"
     g = gram(spec, x, outputs=[out])[out]
     return tuple(_frozen(a) for a in (g[:n, :n], g[n:, :n], x[:n], x[n:]))
+
+
+def single_blas_thread() -> Iterator[None]:
+    """Fixture body: one BLAS thread for these small (n ≤ 600) problems. On the shared 2-core
+    machine threaded BLAS oversubscribes: the three solver test files took 58 s with it, 7 s without."""
+    with threadpool_limits(limits=1):
+        yield

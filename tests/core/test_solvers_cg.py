@@ -12,7 +12,9 @@ import scipy.linalg
 
 from core.kernels import gram
 from core.solvers import NotConverged, choose_centers, conjugate_gradients, nystrom_preconditioner
-from tests.core.solvers_testlib import RELU3, kernel_problem
+from tests.core.solvers_testlib import RELU3, kernel_problem, single_blas_thread
+
+_one_blas_thread = pytest.fixture(autouse=True, scope="module")(single_blas_thread)
 
 
 def rel(a, b):

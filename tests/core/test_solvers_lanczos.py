@@ -15,7 +15,9 @@ import scipy.linalg
 from core.dynamics import trajectory
 from core.kernels import gram
 from core.solvers import NotConverged, krylov_trajectory
-from tests.core.solvers_testlib import RELU3, kernel_problem
+from tests.core.solvers_testlib import RELU3, kernel_problem, single_blas_thread
+
+_one_blas_thread = pytest.fixture(autouse=True, scope="module")(single_blas_thread)
 
 
 def rel_err(a, ref):

@@ -11,7 +11,9 @@ import pytest
 import scipy.linalg
 
 from core.solvers import NotConverged, choose_centers, nystrom_solve
-from tests.core.solvers_testlib import kernel_problem
+from tests.core.solvers_testlib import kernel_problem, single_blas_thread
+
+_one_blas_thread = pytest.fixture(autouse=True, scope="module")(single_blas_thread)
 
 
 def rel(a, b):
