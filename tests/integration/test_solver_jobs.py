@@ -220,7 +220,7 @@ async def test_worker_killed_mid_solve_still_succeeds(client: httpx.AsyncClient,
 
 
 async def test_api_restart_mid_solve_resumes_from_the_checkpoint(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, dask_workers=2, job_tile=64, cg_preconditioner_rank=8)
+    settings = Settings(data_dir=tmp_path, dask_workers=2, job_tile=160, cg_preconditioner_rank=8)  # 3 tiles
     first = create_app(settings)
     async with (first.router.lifespan_context(first),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as c):
