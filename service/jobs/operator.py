@@ -2,9 +2,10 @@
 
 :class:`TiledKernel` is ``K(A, B)`` for two ``.npy`` files of inputs ``A`` (rows) and ``B``
 (columns; absent: ``B = A``, a symmetric operator). A driver task running on a worker builds it
-with its ``worker_client`` and asks for products; each product is one Dask task per tile
-(:func:`core.tiling.plan_tiles`: square blocks of ``tile`` rows; a symmetric operator plans the
-upper triangle only and each tile serves both ``K_ij V_j`` and ``K_ji V_i = K_ijᵀ V_i``). Tasks read
+with its ``worker_client`` and asks for products; each product is a set of Dask tasks over the
+tiles (:func:`core.tiling.plan_tiles`: square blocks of ``tile`` rows; a symmetric operator plans
+the upper triangle only and each tile serves both ``K_ij V_j`` and ``K_ji V_i = K_ijᵀ V_i``), one
+tile per task, or a few consecutive ones when there are more than :data:`MAX_TASKS`. Tasks read
 their input rows from the files by path (memory-mapped; ``X`` never travels in the graph); the
 vectors travel as scattered row blocks held by the driver's own worker (if that worker dies the
 driver dies with it and is retried, see :mod:`service.jobs.solvers`).
@@ -51,6 +52,11 @@ from core.tiling import Tile, plan_tiles
 from service.jobs.tasks import CANCEL_FLAG, kernel_blocks, load_input, task_failure
 
 FLOAT = np.dtype(np.float64)
+#: Most tasks of one product (:meth:`TiledKernel.matmat`, ``rmatmat``): a larger operator gives
+#: each task several consecutive tiles, so that Dask's cost per task (5–10 ms measured here, next
+#: to 10–20 ms of reading and multiplying a cached 2048-row tile) stays small; the cancel flag is
+#: still checked before every tile.
+MAX_TASKS = 64
 
 
 class JobCancelled(Exception):
@@ -124,18 +130,25 @@ def _store(path: Path, block: np.ndarray) -> None:
 # --- tile tasks (run on the workers) --------------------------------------------------------------------------
 
 
-def tile_products(source: KernelSource, tile: Tile, right: np.ndarray | None, left: np.ndarray | None
-                  ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None:
-    """``(T·right, Tᵀ·left, timing)`` for the tile's block ``T`` (either side may be skipped with None;
-    on a diagonal tile of a symmetric operator ``Tᵀ·left`` is skipped: ``T·right`` covers it).
-    ``None`` when the job was cancelled."""
-    if source.cancelled:
-        return None
+Products = list[tuple[np.ndarray | None, np.ndarray | None]]
+
+
+def tile_products(source: KernelSource, tiles: list[Tile], right: dict[int, np.ndarray] | None,
+                  left: dict[int, np.ndarray] | None) -> tuple[Products, np.ndarray] | None:
+    """For each tile's block ``T``: ``(T · right[its first column], Tᵀ · left[its first row])`` (the
+    vector blocks keyed by where they start; either side may be None; on a diagonal tile of a
+    symmetric operator ``Tᵀ·left`` is skipped: ``T·right`` covers it), and the timing of the blocks.
+    One block at a time in memory; ``None`` as soon as the job is cancelled (checked before every tile)."""
     timing = np.zeros(4)
-    block = _tile(source, tile, timing)
-    forward = None if right is None else block @ right
-    backward = None if left is None or (tile.diagonal and source.cols_path is None) else block.T @ left
-    return forward, backward, timing
+    products: Products = []
+    for tile in tiles:
+        if source.cancelled:
+            return None
+        block = _tile(source, tile, timing)
+        forward = None if right is None else block @ right[tile.cols[0]]
+        skip = left is None or (tile.diagonal and source.cols_path is None)
+        products.append((forward, None if skip else block.T @ left[tile.rows[0]]))
+    return products, timing
 
 
 def row_normal(source: KernelSource, tiles: list[Tile], v: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -195,13 +208,16 @@ class TiledKernel:
     ``<job>/cache/<name>``; ``key``: a prefix for the task keys (unique per driver run)."""
 
     def __init__(self, client: Any, source: KernelSource, *, tile: int, name: str, key: str,
-                 cache_bytes: int = 0) -> None:
+                 cache_bytes: int = 0, max_tasks: int = MAX_TASKS) -> None:
         self.client = client
         self.n_rows = input_rows(source.rows_path)
         self.n_cols = self.n_rows if source.cols_path is None else input_rows(source.cols_path)
         self.symmetric = source.cols_path is None
         self.tile = max(1, min(tile, max(self.n_rows, self.n_cols)))
         self.tiles = plan_tiles(self.n_rows, None if self.symmetric else self.n_cols, self.tile)
+        per_task = -(-len(self.tiles) // max_tasks)
+        #: The tiles of each product task: consecutive tiles (plan order), at most ``max_tasks`` tasks.
+        self.groups = [self.tiles[i:i + per_task] for i in range(0, len(self.tiles), per_task)]
         cached = cached_tiles(self.tiles, cache_bytes) if cache_bytes > 0 else 0
         self.source = replace(source, cache_name=name if cached else None, cached=cached)
         self.name = name
@@ -244,10 +260,12 @@ class TiledKernel:
     def _blocks(self, n: int) -> list[tuple[int, int]]:
         return [(s, min(s + self.tile, n)) for s in range(0, n, self.tile)]
 
-    def _scatter(self, v: np.ndarray) -> list[Any]:
-        """``v``'s row blocks, held by the driver's own worker."""
-        parts = [np.ascontiguousarray(v[a:b]) for a, b in self._blocks(v.shape[0])]
-        return self.client.scatter(parts, workers=[_own_address()], hash=False)
+    def _scatter(self, v: np.ndarray) -> dict[int, Any]:
+        """``v``'s row blocks keyed by their first row, held by the driver's own worker."""
+        blocks = self._blocks(v.shape[0])
+        parts = self.client.scatter([np.ascontiguousarray(v[a:b]) for a, b in blocks], workers=[_own_address()],
+                                    hash=False)
+        return {a: part for (a, _), part in zip(blocks, parts, strict=True)}
 
     def _run(self, fn: Any, arguments: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         """Submit ``fn(self.source, *args)`` for every argument tuple; yield ``(position, result)`` as
@@ -272,21 +290,28 @@ class TiledKernel:
 
     # -- products
 
+    def _products(self, right: np.ndarray | None, left: np.ndarray | None, out: np.ndarray) -> None:
+        """Add every tile's ``T·right`` (at its rows) and ``Tᵀ·left`` (at its columns) into ``out``."""
+        right_parts = None if right is None else self._scatter(right)
+        left_parts = right_parts if left is right else None if left is None else self._scatter(left)
+        arguments = [(group,
+                      None if right_parts is None else {t.cols[0]: right_parts[t.cols[0]] for t in group},
+                      None if left_parts is None else {t.rows[0]: left_parts[t.rows[0]] for t in group})
+                     for group in self.groups]
+        for i, (products, timing) in self._run(tile_products, arguments):
+            for t, (forward, backward) in zip(self.groups[i], products, strict=True):
+                if forward is not None:
+                    out[t.rows[0]:t.rows[1]] += forward
+                if backward is not None:
+                    out[t.cols[0]:t.cols[1]] += backward
+            self.timing += timing
+        self._decide_cache()
+
     def matmat(self, v: np.ndarray) -> np.ndarray:
         """``K(A, B) · v`` (``v``: ``n_B × k`` or ``n_B``; the answer has ``v``'s rank)."""
         v2 = _block(v, self.n_cols)
-        parts = self._scatter(v2)
-        row_of = {s: i for i, (s, _) in enumerate(self._blocks(self.n_cols))}
-        arguments = [(t, parts[row_of[t.cols[0]]], parts[row_of[t.rows[0]]] if self.symmetric else None)
-                     for t in self.tiles]
         out = np.zeros((self.n_rows, v2.shape[1]))
-        for i, (forward, backward, timing) in self._run(tile_products, arguments):
-            t = self.tiles[i]
-            out[t.rows[0]:t.rows[1]] += forward
-            if backward is not None:
-                out[t.cols[0]:t.cols[1]] += backward
-            self.timing += timing
-        self._decide_cache()
+        self._products(v2, v2 if self.symmetric else None, out)
         return out if np.ndim(v) == 2 else out[:, 0]
 
     def rmatmat(self, u: np.ndarray) -> np.ndarray:
@@ -294,15 +319,8 @@ class TiledKernel:
         if self.symmetric:
             return self.matmat(u)
         u2 = _block(u, self.n_rows)
-        parts = self._scatter(u2)
-        row_of = {s: i for i, (s, _) in enumerate(self._blocks(self.n_rows))}
         out = np.zeros((self.n_cols, u2.shape[1]))
-        for i, (_, backward, timing) in self._run(tile_products,
-                                                  [(t, None, parts[row_of[t.rows[0]]]) for t in self.tiles]):
-            t = self.tiles[i]
-            out[t.cols[0]:t.cols[1]] += backward
-            self.timing += timing
-        self._decide_cache()
+        self._products(None, u2, out)
         return out if np.ndim(u) == 2 else out[:, 0]
 
     def normal(self, v: np.ndarray) -> np.ndarray:

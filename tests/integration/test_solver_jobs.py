@@ -19,6 +19,7 @@ import scipy.linalg
 
 from core import kernels as core_kernels
 from service.app import create_app
+from service.jobs.operator import KernelSource, TiledKernel
 from service.settings import Settings
 from tests.api.test_errors import assert_problem
 from tests.api.test_kernels import RELU3, RELU3_CORE
@@ -70,6 +71,40 @@ def direct_fit(x: np.ndarray, y: np.ndarray, ridge: float, mode: str) -> tuple[n
 
 def job_folder(settings: Settings, job: dict) -> Path:
     return Path(settings.data_dir) / "jobs" / job["id"]
+
+
+def _operator_products(job_dir: str, x_path: str, xt_path: str, v: np.ndarray, u: np.ndarray) -> dict:
+    """Runs on a worker, like a driver: every product of the tiled operators, with 3 tasks a product."""
+    from distributed import worker_client
+
+    with worker_client() as dask:
+        square = TiledKernel(dask, KernelSource(RELU3_CORE, "ntk", x_path, None, job_dir), tile=16, name="k",
+                             key="t", cache_bytes=10**6, max_tasks=3)
+        cross = TiledKernel(dask, KernelSource(RELU3_CORE, "ntk", xt_path, x_path, job_dir), tile=16, name="c",
+                            key="t", max_tasks=3)
+        first = square.matmat(v)
+        return {"K v": first, "K v (cached)": square.matmat(v), "K v (1-d)": square.matmat(v[:, 0]),
+                "diag K": square.diagonal(), "K": square.dense(), "Kt v": cross.matmat(v), "Ktᵀ u": cross.rmatmat(u),
+                "Ktᵀ Kt v": cross.normal(v), "Kt": cross.dense(), "groups": len(square.groups),
+                "cache": square.cache_report}
+
+
+async def test_tiled_kernel_products_equal_the_dense_products(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    x, xt = RNG.normal(size=(70, 3)), RNG.normal(size=(37, 3))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "xt.npy", xt.astype(np.float32))
+    v, u = RNG.normal(size=(70, 2)), RNG.normal(size=(37, 2))
+    dask = await client.app.state.engine.client()  # type: ignore[attr-defined]
+    got = await dask.submit(_operator_products, str(tmp_path), str(tmp_path / "x.npy"), str(tmp_path / "xt.npy"),
+                            v, u, pure=False)
+    k = core_kernels.gram(RELU3_CORE, x, outputs=["ntk"])["ntk"]
+    kt = core_kernels.gram(RELU3_CORE, xt.astype(np.float32).astype(np.float64), x, outputs=["ntk"])["ntk"]
+    expected = {"K v": k @ v, "K v (cached)": k @ v, "K v (1-d)": k @ v[:, 0], "diag K": np.diag(k), "K": k,
+                "Kt v": kt @ v, "Ktᵀ u": kt.T @ u, "Ktᵀ Kt v": kt.T @ (kt @ v), "Kt": kt}
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-12 * np.abs(value).max(), err_msg=name)
+    assert got["groups"] == 3  # 5 row blocks: 15 tiles in 3 tasks of 5
+    assert got["cache"]["tiles"] == 15 and got["cache"]["cache_faster"] is not None  # measured, then decided
 
 
 async def test_cg_and_nystrom_fit_jobs_equal_a_direct_solve(client: httpx.AsyncClient, settings: Settings) -> None:
