@@ -33,7 +33,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from core.dynamics import Trajectory, normalization_count
 from core.dynamics.trajectory import as_targets
 from core.kernels.spec import KernelSpec
 from core.solvers import (
+    NotConverged,
     choose_centers,
     conjugate_gradients,
     krylov_trajectory,
@@ -267,6 +268,18 @@ def _warm_start(problem: _Problem, shape: tuple[int, ...], max_iter: int) -> tup
     return x0, done, max(1, max_iter - done)
 
 
+@contextlib.contextmanager
+def _counting(done: int) -> Iterator[None]:
+    """Not converging after a warm start: the failure also counts the iterations before it."""
+    try:
+        yield
+    except NotConverged as exc:
+        if not done:
+            raise
+        raise task_failure(f"{exc} ({done + exc.report.iterations} iterations in all: the job resumed from its "
+                           f"checkpoint at iteration {done})") from None
+
+
 def _fit_cg(client: Any, problem: _Problem, plan: dict[str, Any], staging: str) -> dict[str, Any]:
     from service.storage.models import dual_model_meta, write_dual_model
 
@@ -281,9 +294,10 @@ def _fit_cg(client: Any, problem: _Problem, plan: dict[str, Any], staging: str) 
         preconditioner = nystrom_preconditioner(columns, centers, rho)
         del columns
     x0, done, left = _warm_start(problem, problem.y.shape, plan["max_iter"])
-    alpha, report = conjugate_gradients(
-        train.matmat, problem.y, shift=rho, preconditioner=preconditioner, tol=plan["tol"], max_iter=left, x0=x0,
-        callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
+    with _counting(done):
+        alpha, report = conjugate_gradients(
+            train.matmat, problem.y, shift=rho, preconditioner=preconditioner, tol=plan["tol"], max_iter=left,
+            x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     residual = float(np.linalg.norm(train.matmat(alpha) - problem.y))
     problem.folder.note(cache=train.cache_report)
     write_dual_model(Path(staging), problem.x_path, None, alpha)
@@ -309,8 +323,9 @@ def _fit_nystrom(client: Any, problem: _Problem, plan: dict[str, Any], staging: 
     x0, done, left = _warm_start(problem, rhs.shape, plan["max_iter"])
     kmm = problem.operator(client, centers_path, None, "kmm")
     # K_MM (M × M) is passed without a name here, so that only the solver holds it
-    beta, report = nystrom_solve(knm.normal, rhs, kmm.dense(), rho, problem.n, tol=plan["tol"], max_iter=left,
-                                 x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
+    with _counting(done):
+        beta, report = nystrom_solve(knm.normal, rhs, kmm.dense(), rho, problem.n, tol=plan["tol"], max_iter=left,
+                                     x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     residual = float(np.linalg.norm(knm.matmat(beta) - problem.y))
     problem.folder.note(cache=knm.cache_report)
     write_dual_model(Path(staging), centers_x, centers, beta)
