@@ -213,7 +213,11 @@ async def get_job_result(
             raise ProblemError(404, "The model this job fitted was deleted.", slug="not-found")
         return ORJSONResponse(model_document(model.id, model.meta))
     if job.type == "trajectory" and not arrays:
-        return FileResponse(folder / TRAJECTORY_DOCUMENT, media_type="application/json")
+        document = folder / TRAJECTORY_DOCUMENT
+        if not document.is_file():
+            raise ProblemError(404, f"The result of job {job.id} is missing from the store; run the job again.",
+                               slug="not-found")
+        return FileResponse(document, media_type="application/json")
     outputs = job.plan["outputs"] if job.type == "gram" else trajectory_outputs(
         int(job.plan["paths"].get("x_test") is not None))
     block = await anyio.to_thread.run_sync(open_result, folder, job.id, outputs, output, rows)
