@@ -329,7 +329,7 @@ def fit_nystrom(
     idx = choose_centers(n, centers, seed)
     k_nm = k[:, idx]
     beta, report = nystrom_solve(lambda v: k_nm.T @ (k_nm @ v), k_nm.T @ y2, k_nm[idx], rho, n,
-                                 tol=tol, max_iter=max_iter)
+                                 tol=tol, max_iter=max_iter, overwrite_k_mm=True)
     beta = np.asarray(beta, dtype=np.float64).reshape(centers, -1)
     return DualFit(solver="nystrom", coefficients=beta, center_indices=idx, seed=seed, n_train=n, y_was_1d=was_1d,
                    ridge_effective=rho,

@@ -39,7 +39,7 @@ from core.solvers.report import Callback, MatMat, NotConverged, SolveReport, app
 
 def nystrom_solve(
     normal_matmat: MatMat, rhs: np.ndarray, k_mm: np.ndarray, ridge: float, n: int, *, tol: float = 1e-8,
-    max_iter: int = 1000, x0: np.ndarray | None = None, callback: Callback | None = None,
+    max_iter: int = 1000, x0: np.ndarray | None = None, callback: Callback | None = None, overwrite_k_mm: bool = False,
 ) -> tuple[np.ndarray, SolveReport]:
     """β solving ``(K_nMᵀ K_nM + ridge·(K_MM + δI)) β = K_nMᵀ y`` by Falkon's preconditioned CG
     (δ the jitter, relative M·eps; module docstring).
@@ -49,7 +49,9 @@ def nystrom_solve(
     points. ``tol`` bounds the relative residual of the preconditioned system
     ``Bᵀ H B γ = Bᵀ rhs`` (module docstring), which is what ``SolveReport`` reports. ``x0``: a
     previous β (warm start); ``callback(iteration, β, residual)`` gets the current β.
-    :class:`NotConverged` carries the last β as ``.solution``.
+    :class:`NotConverged` carries the last β as ``.solution``. ``overwrite_k_mm``: a float64
+    ``k_mm`` is destroyed (its memory holds the Cholesky factor) — for callers that pass a
+    matrix they no longer need, so that large M costs two M × M arrays, not five.
     """
     if not (np.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be finite and ≥ 0, got {ridge!r}")
@@ -60,8 +62,13 @@ def nystrom_solve(
     m = r2.shape[0]
     if k_mm.shape != (m, m) or not np.isfinite(k_mm).all():
         raise ValueError(f"k_mm must be a finite {m} × {m} matrix (rhs has {m} rows), got shape {k_mm.shape}")
-    t, _ = jittered_cholesky(k_mm)
-    a, _ = jittered_cholesky(t @ t.T / m + (ridge / n) * np.eye(m), "the Falkon preconditioner's inner matrix")
+    t, _ = jittered_cholesky(k_mm, overwrite=overwrite_k_mm)
+    del k_mm  # with overwrite_k_mm, T lives in its memory: the M × M matrices are T and A (16·M² bytes)
+    inner = t @ t.T  # then A in place: AᵀA = T Tᵀ / M + (ridge/n)·I
+    inner /= m
+    inner.flat[:: m + 1] += ridge / n
+    a, _ = jittered_cholesky(inner, "the Falkon preconditioner's inner matrix", overwrite=True)
+    del inner
     root_n = np.sqrt(float(n))
 
     def b_times(v: np.ndarray) -> np.ndarray:  # B v = T⁻¹ A⁻¹ v / √n

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import lapack
 
 from core.dynamics.spectral import EPS
 from core.solvers.report import MatMat
@@ -30,12 +31,16 @@ def choose_centers(n: int, m: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(int(n), size=int(m), replace=False)).astype(np.int64)
 
 
-def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix") -> tuple[np.ndarray, float]:
+def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix", *, overwrite: bool = False
+                      ) -> tuple[np.ndarray, float]:
     """``(T, δ)``: upper ``T`` with ``TᵀT = a + δI`` for a symmetric PSD ``a`` (m × m).
 
     ``δ = m·eps·mean(diag a)`` (Falkon's jitter, made relative to the kernel's scale), raised
     tenfold until the factorization succeeds (a near-singular ``a``, e.g. duplicate points).
-    ``ValueError`` when ``a`` has a non-positive diagonal or is far from PSD.
+    ``a`` must be symmetric (one triangle is read). ``overwrite``: a float64 ``a`` may be
+    destroyed, and ``T`` is then computed in its memory — one m × m array in all, which is what
+    lets M = 10 000 centers fit (each copy is 0.8 GB). ``ValueError`` when ``a`` has a
+    non-positive diagonal or is far from PSD.
     """
     a = np.asarray(a, dtype=np.float64)
     m = a.shape[0]
@@ -43,14 +48,24 @@ def jittered_cholesky(a: np.ndarray, name: str = "the centers' kernel matrix") -
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"{name} has no positive diagonal: the kernel is zero or not PSD")
     jitter = m * EPS * scale
-    sym = 0.5 * (a + a.T)
+    # LAPACK wants column-major: a symmetric C-ordered matrix is its own transpose, a free F-ordered view.
+    work = a.T if a.flags.c_contiguous else a
+    if not (overwrite and work.flags.f_contiguous):
+        work = np.array(work, order="F")
+    diagonal = np.diagonal(work).copy()
     for _ in range(14):
-        shifted = sym.copy()
-        shifted.flat[:: m + 1] += jitter
-        try:
-            return scipy.linalg.cholesky(shifted, lower=False, check_finite=False), jitter
-        except np.linalg.LinAlgError:
-            jitter *= 10.0
+        work.flat[:: m + 1] = diagonal + jitter  # the diagonal of an F-ordered square array, in place
+        t, info = lapack.dpotrf(work, lower=0, overwrite_a=1, clean=0)  # writes the upper triangle only
+        if info == 0:
+            for j in range(m - 1):  # zero the strict lower triangle, a column at a time (no m²-sized index)
+                t[j + 1:, j] = 0.0
+            return t, jitter
+        if info < 0:
+            raise ValueError(f"LAPACK dpotrf refused argument {-info} for {name}")
+        for j in range(1, m):  # restore the overwritten upper triangle from the untouched lower one
+            t[:j, j] = t[j, :j]
+        work = t
+        jitter *= 10.0
     raise ValueError(f"{name} is not positive semi-definite (Cholesky fails even with jitter {jitter:.2g})")
 
 

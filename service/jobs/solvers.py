@@ -297,7 +297,8 @@ def _fit_cg(client: Any, problem: _Problem, plan: dict[str, Any], staging: str) 
     with _counting(done):
         alpha, report = conjugate_gradients(
             train.matmat, problem.y, shift=rho, preconditioner=preconditioner, tol=plan["tol"], max_iter=left,
-            x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
+            x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True),
+                                     overwrite_k_mm=True)
     residual = float(np.linalg.norm(train.matmat(alpha) - problem.y))
     problem.folder.note(cache=train.cache_report)
     write_dual_model(Path(staging), problem.x_path, None, alpha)
@@ -325,7 +326,8 @@ def _fit_nystrom(client: Any, problem: _Problem, plan: dict[str, Any], staging: 
     # K_MM (M × M) is passed without a name here, so that only the solver holds it
     with _counting(done):
         beta, report = nystrom_solve(knm.normal, rhs, kmm.dense(), rho, problem.n, tol=plan["tol"], max_iter=left,
-                                     x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
+                                     x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True),
+                                     overwrite_k_mm=True)
     residual = float(np.linalg.norm(knm.matmat(beta) - problem.y))
     problem.folder.note(cache=knm.cache_report)
     write_dual_model(Path(staging), centers_x, centers, beta)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from core.solvers import NotConverged, choose_centers, nystrom_solve
+from core.solvers import NotConverged, choose_centers, jittered_cholesky, nystrom_solve
 from tests.core.solvers_testlib import kernel_problem, single_blas_thread
 
 _one_blas_thread = pytest.fixture(autouse=True, scope="module")(single_blas_thread)
@@ -137,3 +137,21 @@ def test_bad_arguments():
         nystrom_solve(lambda v: v, np.ones(20), np.eye(20), 0.1, 0)
     with pytest.raises(ValueError, match="positive"):
         nystrom_solve(lambda v: v, np.ones(20), np.zeros((20, 20)), 0.1, 300)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_jittered_cholesky_factors_in_place_and_retries(order: str, overwrite: bool) -> None:
+    """TᵀT = a + δI (checked by a product, not by another factorization) for a rank-deficient a whose
+    first attempt fails; with ``overwrite`` the factor is computed in a's own memory."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((40, 5))
+    a = np.array(g @ g.T - 1e-9 * np.eye(40), order=order)  # slightly indefinite: the first jitter is too small
+    original = a.copy()
+    t, delta = jittered_cholesky(a, overwrite=overwrite)
+    assert delta > 40 * np.finfo(float).eps * np.trace(original) / 40  # raised at least once
+    assert np.array_equal(t, np.triu(t))
+    np.testing.assert_allclose(t.T @ t, original + delta * np.eye(40), atol=1e-12 * np.abs(original).max())
+    assert np.shares_memory(t, a) == overwrite
+    if not overwrite:
+        assert np.array_equal(a, original)
