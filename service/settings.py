@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     cg_preconditioner_rank: int = Field(
         1000, ge=0, description="Rank r of the Nyström preconditioner of solver cg (min(n, r) training points "
         "drawn with the request's seed; the n × r columns are held by one process); 0: no preconditioner.")
+    solver_cache_bytes: int = Field(
+        16 * 1024**3, ge=0, description="Disk bytes one cg/nystrom/krylov job may use to cache float64 kernel tiles "
+        "in its job folder (cache/, removed when the job ends; also capped at half the free disk when the job "
+        "starts; used only where reading a tile is faster than computing it). 0: every product recomputes its tiles.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

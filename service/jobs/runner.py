@@ -40,8 +40,6 @@ from service.storage.state import Storage
 
 #: Seconds between two reads of an iterative job's progress file.
 PROGRESS_POLL = 0.25
-#: Default of the tile cache's bound while the setting ``solver_cache_bytes`` is absent.
-DEFAULT_CACHE_BYTES = 16 * 1024**3
 #: Longest wait for a stopped job's running tasks (they see the cancel flag within about one tile).
 DRAIN_TIMEOUT = 120
 
@@ -203,8 +201,7 @@ class JobRunner:
 
     def _limits(self) -> EngineLimits:
         settings = self.engine.settings
-        return EngineLimits(settings.job_tile_bytes, settings.job_tile,
-                            getattr(settings, "solver_cache_bytes", DEFAULT_CACHE_BYTES))
+        return EngineLimits(settings.job_tile_bytes, settings.job_tile, settings.solver_cache_bytes)
 
     async def _drive(self, client: Any, job: Job, driver: Callable[..., Any], *args: Any) -> Any:
         """Run a solver's driver task (one attempt at a time; Dask runs it again if its worker dies),
