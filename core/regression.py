@@ -9,6 +9,11 @@ training kernel is read). Ridge conventions (``ridge_mode``): ``"absolute"`` use
 A fit factors ``K + ridge·I`` once (Cholesky). An eigendecomposition is computed only when a
 finite-time prediction or an NTK-ensemble variance first needs it, and is then kept on the fit
 (``fit.basis``) for every later prediction, variance and trajectory on the same model.
+
+The iterative fits (:func:`fit_cg`, :func:`fit_nystrom`) run the solvers of :mod:`core.solvers`
+on a dense Gram held in memory (training sets small enough for that; the service's jobs run the same
+solvers on a matrix-free operator) and return a :class:`DualFit`: coefficients β on centers,
+predictions ``K(x*, centers) β`` at t = ∞ only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from core.dynamics import (
 )
 from core.dynamics.spectral import EPS, as_square
 from core.dynamics.trajectory import as_targets
+from core.solvers import (
+    SolveReport,
+    choose_centers,
+    conjugate_gradients,
+    nystrom_preconditioner,
+    nystrom_solve,
+)
 
 RidgeMode = Literal["absolute", "relative"]
 #: How a prediction's variance is computed (see :func:`variance_model`).
@@ -240,3 +252,90 @@ def variance_model(which: str, time: Time = None) -> VarianceModel:
     if which in ENSEMBLE_OUTPUTS:
         return "ntk_ensemble"
     return "gp_posterior" if time is None else "gp_trained"
+
+
+@dataclass(frozen=True, eq=False)
+class DualFit:
+    """Kernel regression in dual form on ``m`` centers: ``f(x) = K(x, C) β`` (t = ∞ only).
+
+    ``solver``: how it was fitted. ``coefficients``: β, m × k float64. ``center_indices``: the
+    centers' sorted row indices in the training set, or None when the centers are all ``n_train``
+    training points in order (cg). ``seed``: what drew the centers (nystrom) or the preconditioner's
+    points (cg).
+    ``ridge_effective``: ρ, absolute. ``train_residual_norm``: ``‖K_nC β − y‖_F`` on the training
+    points. ``report``: the iterative solver's iterations and relative residual (of the system it
+    ran: ``(K + ρI) α = y`` for cg, ``(K_nMᵀK_nM + ρK_MM) β = K_nMᵀ y`` for nystrom).
+    """
+
+    solver: Literal["cg", "nystrom"]
+    coefficients: np.ndarray
+    center_indices: np.ndarray | None
+    seed: int
+    n_train: int
+    y_was_1d: bool
+    ridge_effective: float
+    train_residual_norm: float
+    report: SolveReport
+
+    @property
+    def n_centers(self) -> int:
+        return int(self.coefficients.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.coefficients.shape[1])
+
+
+def fit_cg(
+    kernel_train: np.ndarray, y: np.ndarray, *, ridge: float = 0.0, ridge_mode: RidgeMode = "absolute",
+    tol: float = 1e-8, max_iter: int = 1000, preconditioner_rank: int = 0, seed: int = 0,
+) -> DualFit:
+    """``α = (K + ρI)⁻¹ y`` by conjugate gradients (the exact fit, to relative residual ``tol``).
+
+    The preconditioner is the Nyström approximation on ``min(n, preconditioner_rank)`` training
+    points drawn with ``seed`` (0: none). Raises ``core.solvers.NotConverged`` (a ``ValueError``
+    reporting the residual reached) when ``tol`` is not reached within ``max_iter``.
+    """
+    k = as_square(kernel_train, "kernel_train")
+    n = k.shape[0]
+    y2, was_1d = as_targets(y, n)
+    rho = effective_ridge(k, ridge, ridge_mode)
+    rank = min(n, int(preconditioner_rank))
+    preconditioner = None
+    if rank > 0:
+        idx = choose_centers(n, rank, seed)
+        preconditioner = nystrom_preconditioner(k[:, idx], idx, rho)
+    alpha, report = conjugate_gradients(lambda v: k @ v, y2, shift=rho, preconditioner=preconditioner,
+                                        tol=tol, max_iter=max_iter)
+    return DualFit(solver="cg", coefficients=alpha, center_indices=None, seed=seed, n_train=n, y_was_1d=was_1d,
+                   ridge_effective=rho,
+                   train_residual_norm=float(np.linalg.norm(k @ alpha - y2)), report=report)
+
+
+def fit_nystrom(
+    kernel_train: np.ndarray, y: np.ndarray, *, centers: int, ridge: float = 0.0,
+    ridge_mode: RidgeMode = "absolute", tol: float = 1e-8, max_iter: int = 1000, seed: int = 0,
+) -> DualFit:
+    """Nyström kernel ridge regression on ``centers`` training points drawn uniformly with ``seed``
+    (Falkon): ``(K_nMᵀ K_nM + ρ K_MM) β = K_nMᵀ y`` by preconditioned CG. With ``centers = n`` it is
+    the exact fit (β = α). ρ is the ridge of the full problem (relative mode: ``ridge·trace(K)/n``).
+    """
+    k = as_square(kernel_train, "kernel_train")
+    n = k.shape[0]
+    y2, was_1d = as_targets(y, n)
+    if not 1 <= centers <= n:
+        raise ValueError(f"centers must be between 1 and n = {n}, got {centers}")
+    rho = effective_ridge(k, ridge, ridge_mode)
+    idx = choose_centers(n, centers, seed)
+    k_nm = k[:, idx]
+    beta, report = nystrom_solve(lambda v: k_nm.T @ (k_nm @ v), k_nm.T @ y2, k_nm[idx], rho, n,
+                                 tol=tol, max_iter=max_iter, overwrite_k_mm=True)
+    beta = np.asarray(beta, dtype=np.float64).reshape(centers, -1)
+    return DualFit(solver="nystrom", coefficients=beta, center_indices=idx, seed=seed, n_train=n, y_was_1d=was_1d,
+                   ridge_effective=rho,
+                   train_residual_norm=float(np.linalg.norm(k_nm @ beta - y2)), report=report)
+
+
+def predict_dual(model: DualFit, kernel_test_centers: np.ndarray) -> np.ndarray:
+    """Mean predictions ``K(x*, C) β`` (m_test × k) of a dual model at t = ∞."""
+    return _cross(kernel_test_centers, model.n_centers, "kernel_test_centers") @ model.coefficients

@@ -116,8 +116,10 @@ def check_training_set(settings: Settings, spec: KernelSpec, x: np.ndarray, y: n
         raise too_large("max_train_size", f"{x.shape[0]} training points is over {settings.max_train_size}")
 
 
-def check_trajectory_options(settings: Settings, options: Any, x_train: np.ndarray, n_outputs: int) -> None:
-    """Test data consistent with training data; integer steps for gd; response within limits."""
+def check_trajectory_options(settings: Settings, options: Any, x_train: np.ndarray, n_outputs: int,
+                             n_inline: int | None = None) -> None:
+    """Test data consistent with training data; integer steps for gd; response within limits.
+    ``n_inline``: the points whose predictions the JSON carries (default: training and test points)."""
     if options.x_test is not None:
         check_features(x_train, options.x_test, ("x_train", "x_test"))
     if options.y_test is not None:
@@ -132,8 +134,12 @@ def check_trajectory_options(settings: Settings, options: Any, x_train: np.ndarr
             if t != int(t):
                 raise invalid(["body", "times", i], f"gd times are step counts: {t} is not an integer")
     n_test = 0 if options.x_test is None else options.x_test.shape[0]
-    entries = len(options.times) * (x_train.shape[0] + n_test) * n_outputs
+    points = x_train.shape[0] + n_test if n_inline is None else n_inline
+    entries = len(options.times) * points * n_outputs
     if entries > settings.max_result_entries:
-        raise too_large("max_result_entries",
-                        f"{len(options.times)} times × {x_train.shape[0] + n_test} points × {n_outputs} "
-                        f"output(s) is {entries} entries, over {settings.max_result_entries}")
+        detail = (f"{len(options.times)} times × {points} points × {n_outputs} output(s) is {entries} entries, "
+                  f"over {settings.max_result_entries}")
+        if n_inline is None:
+            raise too_large("max_result_entries", detail)
+        raise too_large("max_result_entries", detail, "Leave prediction arrays out of `include`: every one is "
+                        "also served as .npy by GET /v1/jobs/{id}/result?output=<name>.")

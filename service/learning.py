@@ -1,10 +1,17 @@
 """Kernel regression, trajectories and spectra on request data: the glue between the HTTP
-schemas and ``core`` (kernels → regression / dynamics). Every function here is CPU-bound and
-runs in a worker thread (``service.compute.run_compute``)."""
+schemas and ``core`` (kernels → regression / dynamics / solvers). The compute functions here are
+CPU-bound and run in a worker thread (``service.compute.run_compute``).
+
+It also holds the solver rules shared by synchronous fits and job planning (api-v1.md, "Training
+sets beyond one machine's memory"): what ``"auto"`` picks, the default number of Nyström centers,
+and which request combinations are refused.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -21,17 +28,23 @@ from core.dynamics import (
 from core.kernels.rules import KernelOverflow
 from core.kernels.spec import KernelSpec
 from core.regression import (
+    DualFit,
     KernelRidgeFit,
     SingularKernelError,
     effective_ridge,
     fit,
+    fit_cg,
+    fit_nystrom,
     gp_variance,
     ntk_ensemble_variance,
     predict,
+    predict_dual,
     variance_model,
 )
+from core.solvers import NotConverged
 from service.matrices import ensure_finite
-from service.problems import ProblemError, invalid
+from service.problems import ProblemError, invalid, too_large
+from service.settings import Settings
 from service.storage.models import StoredModel
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,6 +57,10 @@ def client_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NotConverged as exc:
+            raise ProblemError(422, f"The solver did not converge: {exc}.", slug="not-converged",
+                               title="The solver did not converge",
+                               errors=[{"loc": ["body", "max_iter"], "msg": str(exc)}]) from None
         except SingularKernelError as exc:
             raise invalid(["body", "ridge"], str(exc)) from None
         except KernelOverflow:
@@ -61,19 +78,104 @@ def _gram(spec: KernelSpec, name: str, x1: np.ndarray, x2: np.ndarray | None = N
     return matrix
 
 
+#: Dense solves hold two n × n float64 matrices: K and its Cholesky factor (or eigenvectors).
+DENSE_BYTES_PER_ENTRY = 16
+
+
+@dataclass(frozen=True)
+class FitSolver:
+    """A fit's solver with every choice resolved (``"auto"`` decided, centers and rank counted)."""
+
+    type: str  # cholesky | cg | nystrom
+    tol: float = 1e-8
+    max_iter: int = 1000
+    seed: int = 0
+    centers: int | None = None  # nystrom: M
+    preconditioner_rank: int | None = None  # cg: min(n, NTK_CG_PRECONDITIONER_RANK); 0 = none
+
+
+def dense_solve_fits(settings: Settings, n: int, job: bool) -> bool:
+    """The ``"auto"`` rule: the dense solve while ``16·n²`` bytes fit ``dense_solve_max_bytes``
+    (and, for a job, n ≤ ``max_job_train_size``, the dense jobs' bound)."""
+    return DENSE_BYTES_PER_ENTRY * n * n <= settings.dense_solve_max_bytes and (
+        not job or n <= settings.max_job_train_size)
+
+
+def default_centers(settings: Settings, n: int) -> int:
+    """``min(n, max_nystrom_centers, max(1000, ⌈√n · ln n⌉))``: √n·log n centers suffice for
+    Nyström KRR's statistical rate (Rudi et al., Falkon); never fewer than 1000 (exact up to n = 1000)."""
+    return min(n, settings.max_nystrom_centers, max(1000, math.ceil(math.sqrt(n) * math.log(n))))
+
+
+def resolve_fit_solver(settings: Settings, body: Any, n: int, *, job: bool) -> FitSolver:
+    """The request's ``solver``, ``tol``, ``max_iter``, ``centers``, ``seed`` for ``n`` training points.
+
+    422 (``centers``): centers with solver cholesky or cg, or more centers than training points.
+    413: more centers than ``max_nystrom_centers``. With ``"auto"`` the centers are used if it picks nystrom.
+    """
+    if body.centers is not None:
+        if body.solver in ("cholesky", "cg"):
+            raise invalid(["body", "centers"], f"centers applies to solver \"nystrom\" (or \"auto\"), not "
+                          f"\"{body.solver}\", which uses every training point; remove centers or set solver "
+                          "\"nystrom\"")
+        if body.centers > n:
+            raise invalid(["body", "centers"], f"centers = {body.centers} is more than the {n} training points")
+        if body.centers > settings.max_nystrom_centers:
+            raise too_large("max_nystrom_centers", f"{body.centers} centers is over {settings.max_nystrom_centers}",
+                            "Use fewer centers (the M × M matrices are held by one process) or raise the limit.")
+    solver = body.solver
+    if solver == "auto":
+        solver = "cholesky" if dense_solve_fits(settings, n, job) else "nystrom"
+    common = {"tol": float(body.tol), "max_iter": int(body.max_iter), "seed": int(body.seed)}
+    if solver == "nystrom":
+        return FitSolver("nystrom", centers=body.centers or default_centers(settings, n), **common)
+    if solver == "cg":
+        return FitSolver("cg", preconditioner_rank=min(n, settings.cg_preconditioner_rank), **common)
+    return FitSolver("cholesky", **common)
+
+
+def resolve_trajectory_solver(settings: Settings, solver: str, n: int) -> str:
+    """``eigh`` or ``krylov`` (``"auto"``: eigh while the dense solve fits, as for fits)."""
+    if solver == "auto":
+        return "eigh" if dense_solve_fits(settings, n, job=True) else "krylov"
+    return solver
+
+
 @client_errors
-def fit_model(spec: KernelSpec, which: str, x: np.ndarray, y: np.ndarray, ridge: float, mode: str) -> KernelRidgeFit:
-    """Gram of ``which`` on the training points, then a Cholesky fit."""
-    return fit(_gram(spec, which, x), y, ridge=ridge, ridge_mode=mode)  # type: ignore[arg-type]
+def fit_model(spec: KernelSpec, which: str, x: np.ndarray, y: np.ndarray, ridge: float, mode: str,
+              solver: FitSolver | None = None) -> KernelRidgeFit | DualFit:
+    """Gram of ``which`` on the training points, then the fit of ``solver`` (default cholesky) on it
+    (in-process: the dense Gram is allowed at the sizes this runs at)."""
+    kernel = _gram(spec, which, x)
+    if solver is None or solver.type == "cholesky":
+        return fit(kernel, y, ridge=ridge, ridge_mode=mode)  # type: ignore[arg-type]
+    if solver.type == "cg":
+        return fit_cg(kernel, y, ridge=ridge, ridge_mode=mode, tol=solver.tol,  # type: ignore[arg-type]
+                      max_iter=solver.max_iter, preconditioner_rank=solver.preconditioner_rank or 0,
+                      seed=solver.seed)
+    assert solver.centers is not None
+    return fit_nystrom(kernel, y, centers=solver.centers, ridge=ridge, ridge_mode=mode,  # type: ignore[arg-type]
+                       tol=solver.tol, max_iter=solver.max_iter, seed=solver.seed)
+
+
+def check_dense_model(model: StoredModel, loc: list[str | int], what: str) -> None:
+    """422 at ``loc`` when ``model`` is a cg/nystrom model, which cannot do ``what``."""
+    if model.solver != "cholesky":
+        raise invalid(loc, f"model {model.id} was fitted with solver \"{model.solver}\", which keeps "
+                      f"coefficients on its centers but not the training kernel (nor its factor or eigenbasis): {what} needs a "
+                      "cholesky model. It predicts means at t = ∞ (time null, variance false).")
 
 
 @client_errors
 def model_predictions(model: StoredModel, spec: KernelSpec, x_test: np.ndarray, time: float | None,
                       variance: bool, learning_rate: float, normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean (n_test × k) at ``time`` and, if asked, the predictive variance (module docstring of api)."""
+    """Mean (n_test × k) at ``time`` and, if asked, the predictive variance (module docstring of api).
+    Dual (cg, nystrom) models: the mean ``K(x*, centers) β`` at t = ∞ only (the router checks)."""
     which = model.meta["which"]
-    fitted = model.fit
-    cross = _gram(spec, which, x_test, model.x_train)
+    if isinstance(model.fit, DualFit):
+        return predict_dual(model.fit, _gram(spec, which, x_test, model.x_centers)), None
+    fitted = model.dense()
+    cross = _gram(spec, which, x_test, model.x_centers)
     if time is not None:
         model.basis()  # loads or computes (and persists) the eigenbasis once
     mean = predict(fitted, cross, time=time, learning_rate=learning_rate, normalization=normalization)  # type: ignore[arg-type]
@@ -82,9 +184,9 @@ def model_predictions(model: StoredModel, spec: KernelSpec, x_test: np.ndarray, 
     n_norm = normalization_count(fitted.y.size, normalization)  # type: ignore[arg-type]
     kind = variance_model(which, time)
     if kind == "ntk_ensemble":
-        nngp_train = model.extra("nngp", lambda: _gram(spec, "nngp", model.x_train))
+        nngp_train = model.extra("nngp", lambda: _gram(spec, "nngp", model.x_centers))
         var = ntk_ensemble_variance(
-            fitted.kernel, cross, nngp_train, _gram(spec, "nngp", x_test, model.x_train),
+            fitted.kernel, cross, nngp_train, _gram(spec, "nngp", x_test, model.x_centers),
             core_kernels.gram_diagonal(spec, x_test, outputs=["nngp"])["nngp"], time=time,
             learning_rate=learning_rate, normalization_n=n_norm, ridge_effective=fitted.ridge_effective,
             basis=model.basis(),

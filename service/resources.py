@@ -19,6 +19,7 @@ from service.openapi_doc import problem
 from service.problems import ProblemError
 from service.responses import ORJSONResponse
 from service.schemas.kernels import KernelSpec
+from service.storage.models import solver_summary
 from service.storage.state import Storage
 
 _KERNEL = TypeAdapter(KernelSpec)
@@ -76,8 +77,9 @@ def job_spec(job: Job) -> CoreKernelSpec:
 def model_document(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The public description of a stored model (ModelOut)."""
     cond = meta["condition_number"]
+    solver = meta.get("solver") or solver_summary("cholesky", meta["n_train"])  # models from before issue #10
     return {"id": model_id, "n_train": meta["n_train"], "n_outputs": meta["n_outputs"], "kernel": meta["kernel"],
             "which": meta["which"], "ridge": meta["ridge"], "ridge_mode": meta["ridge_mode"],
             "train_residual_norm": meta["train_residual_norm"],
             "condition_number": cond if cond is not None and cond < float("inf") else None,
-            "created_at": meta["created_at"]}
+            "solver": solver, "created_at": meta["created_at"]}

@@ -64,7 +64,29 @@ class Settings(BaseSettings):
                                            "(default: machine memory / workers).")
     job_tile_bytes: int = Field(256 * 1024**2, ge=1024**2, description="Working-memory budget of one Gram tile.")
     job_tile: int | None = Field(None, ge=1, description="Fixed Gram tile size (rows); default: from the budget.")
-    max_job_train_size: int = Field(40_000, ge=1, description="Largest training set for fit/trajectory jobs.")
+    max_job_train_size: int = Field(
+        40_000, ge=1, description="Largest training set of a dense solve: fit jobs with solver cholesky and "
+        "trajectory jobs with solver eigh (they hold the n × n matrix in one process).")
+
+    # Solvers for large training sets (issue #10; the "auto" rule and the iterative solvers' bounds).
+    dense_solve_max_bytes: int = Field(
+        25_600_000_000, ge=0,
+        description="The \"auto\" solver rule: a fit (trajectory) uses cholesky (eigh) while 16·n² bytes — the "
+        "n × n float64 matrix and its factor (eigenvectors) — fit in this many bytes and n ≤ max_job_train_size; "
+        "beyond, nystrom (krylov). The default keeps the dense solve up to n = 40 000.")
+    max_iterative_train_size: int = Field(
+        10_000_000, ge=1, description="Largest training set of fit jobs with solver cg or nystrom and of "
+        "trajectory jobs with solver krylov (matrix-free: memory grows linearly in n).")
+    max_nystrom_centers: int = Field(
+        10_000, ge=1, description="Most Nyström centers M of one fit (the M × M matrices live in one process: "
+        "about 24·M² bytes). The default number of centers is min(n, this, max(1000, ⌈√n · ln n⌉)).")
+    cg_preconditioner_rank: int = Field(
+        1000, ge=0, description="Rank r of the Nyström preconditioner of solver cg (min(n, r) training points "
+        "drawn with the request's seed; the n × r columns are held by one process); 0: no preconditioner.")
+    solver_cache_bytes: int = Field(
+        16 * 1024**3, ge=0, description="Disk bytes one cg/nystrom/krylov job may use to cache float64 kernel tiles "
+        "in its job folder (cache/, removed when the job ends; also capped at half the free disk when the job "
+        "starts; used only where reading a tile is faster than computing it). 0: every product recomputes its tiles.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from core.kernels.spec import KernelSpec, Network
 from core.tiling import choose_tile, tile_count, tile_working_bytes, work_tile
 from service.checks import check_features, check_layers, check_shape, check_trajectory_options, resolve_which
 from service.inputs import requested_dataset
+from service.learning import resolve_fit_solver, resolve_trajectory_solver
 from service.matrices import resolve_outputs
 from service.problems import insufficient_storage, invalid, too_large
 from service.schemas.jobs import FitJob, GramJob, TrajectoryJob
@@ -81,12 +82,11 @@ def _link_inputs(folder: Path, datasets: dict[str, Dataset | None], storage: Sto
     return paths
 
 
-def _check_disk(settings: Settings, needed: int) -> None:
+def _check_disk(settings: Settings, needed: int, advice: str = "compute fewer outputs, or float32") -> None:
     free = shutil.disk_usage(settings.data_dir).free
     if needed > 0.9 * free:
-        raise insufficient_storage("the job's result (it may use 90% of the free space; compute fewer "
-                                   "outputs, or float32)", free, ["store", "jobs"],
-                                   needed)
+        raise insufficient_storage(f"the job's result (it may use 90% of the free space; {advice})", free,
+                                   ["store", "jobs"], needed)
 
 
 def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, folder: Path) -> dict[str, Any]:
@@ -116,6 +116,22 @@ def plan_gram(settings: Settings, store: Storage, owner: str, body: GramJob, fol
             "dtype": body.dtype, "device": body.device, "tiles": tile_count(n1, n2, tile)}
 
 
+def _check_train_size(settings: Settings, solver: str, n: int) -> None:
+    """413 beyond the training-set bound of ``solver``: the dense solves (cholesky, eigh) hold the
+    n × n matrix in one process; the matrix-free ones (cg, nystrom, krylov) grow linearly in n."""
+    if solver in ("cholesky", "eigh"):
+        if n > settings.max_job_train_size:
+            other = "solver \"cg\" or \"nystrom\"" if solver == "cholesky" else "solver \"krylov\""
+            raise too_large("max_job_train_size", f"{n} training points is over {settings.max_job_train_size} "
+                            f"for solver \"{solver}\"", f"Use {other} (matrix-free: no n × n matrix in one "
+                            "process), subsample the training set, or raise the limit (the dense solve needs "
+                            "O(n²) memory).")
+    elif n > settings.max_iterative_train_size:
+        raise too_large("max_iterative_train_size", f"{n} training points is over "
+                        f"{settings.max_iterative_train_size} for solver \"{solver}\"",
+                        "Subsample the training set or raise the limit.")
+
+
 def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob | TrajectoryJob, folder: Path
                   ) -> dict[str, Any]:
     """Validate a fit or trajectory job against its datasets and link its inputs; returns the plan."""
@@ -130,19 +146,30 @@ def plan_learning(settings: Settings, store: Storage, owner: str, body: FitJob |
     _check_device(spec, body.device, x.shape[1:])
     if y.shape[0] != x.shape[0]:
         raise invalid(["body", "y_train"], f"y_train has {y.shape[0]} rows but x_train has {x.shape[0]}")
-    if x.shape[0] > settings.max_job_train_size:
-        raise too_large("max_job_train_size", f"{x.shape[0]} training points is over {settings.max_job_train_size}",
-                        "Subsample the training set or raise the limit (the fit needs O(n²) memory).")
-    plan: dict[str, Any] = {"which": which, "ridge": body.ridge, "ridge_mode": body.ridge_mode, "device": body.device}
+    n, n_outputs = x.shape[0], 1 if len(y.shape) == 1 else y.shape[1]
+    plan: dict[str, Any] = {"which": which, "ridge": body.ridge, "ridge_mode": body.ridge_mode, "device": body.device,
+                            "n_train": n, "n_outputs": n_outputs}
     if isinstance(body, TrajectoryJob):
+        plan["solver"] = resolve_trajectory_solver(settings, body.solver, n)
+        _check_train_size(settings, plan["solver"], n)
         datasets["x_test"] = _dataset(store, owner, "x_test", body.x_test)
         datasets["y_test"] = _dataset(store, owner, "y_test", body.y_test, (1, 2))
         shapes = SimpleNamespace(**body.model_dump(include={"times", "method"}),
                                  x_test=_shaped(datasets["x_test"]), y_test=_shaped(datasets["y_test"]))
-        check_trajectory_options(settings, shapes, _shaped(x), 1 if len(y.shape) == 1 else y.shape[1])
+        n_test = 0 if datasets["x_test"] is None else datasets["x_test"].shape[0]
+        check_trajectory_options(settings, shapes, _shaped(x), n_outputs,
+                                 n_inline=(n if "train_predictions" in body.include else 0)
+                                 + (n_test if "test_predictions" in body.include else 0))
+        _check_disk(settings, len(body.times) * (n + n_test) * n_outputs * 8,  # the .npy prediction arrays
+                    "ask for fewer times")
+        plan["n_test"] = n_test
         plan["options"] = body.model_dump(include={"times", "learning_rate", "method", "loss_normalization",
-                                                   "ridge", "ridge_mode"})
+                                                   "ridge", "ridge_mode", "tol", "max_iter", "include"})
     else:
+        solver = resolve_fit_solver(settings, body, n, job=True)
+        _check_train_size(settings, solver.type, n)
+        plan.update(solver=solver.type, tol=solver.tol, max_iter=solver.max_iter, seed=solver.seed,
+                    centers=solver.centers, preconditioner_rank=solver.preconditioner_rank)
         plan["model_id"] = new_model_id()
         plan["model_meta"] = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
                               "ridge": body.ridge, "ridge_mode": body.ridge_mode}

@@ -16,6 +16,11 @@ of rows ``a:b`` of the file (:func:`open_result`). ``Range: bytes=…`` addresse
 representation (:func:`result_response`: single ranges, suffix and open ranges, ``If-Range``,
 ``416``); the bytes are read with large ``pread`` calls in worker threads.
 
+**Trajectory jobs** write ``result.json`` (the trajectory document; the prediction arrays the
+request did not ``include`` are ``null`` there) and every prediction array as
+``result/<name>.npy`` (``train_predictions``, ``test_predictions``: times × points × outputs,
+float64), served by the same reader (``?rows=a:b`` selects times) — :func:`write_trajectory_result`.
+
 **Before this layout** jobs wrote ``result.zarr/<output>`` (row-slab chunks). Such folders are
 still read (and, for a job that was running during the upgrade, written) through the same
 interface, slower: rows are decoded from the zarr chunks.
@@ -28,6 +33,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import math
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -63,15 +69,16 @@ def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class NpyLayout:
-    """Where a 2-d ``.npy`` file's data starts, and its shape and dtype."""
+    """Where a C-ordered ``.npy`` file's data starts, and its shape (2-d or more: a "row" is one
+    index of the first axis) and dtype."""
 
     offset: int
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     dtype: np.dtype
 
     @property
     def row_bytes(self) -> int:
-        return self.shape[1] * self.dtype.itemsize
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
 
 def read_layout(f: Any) -> NpyLayout:
@@ -80,9 +87,9 @@ def read_layout(f: Any) -> NpyLayout:
     version = np.lib.format.read_magic(f)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = reader(f)
-    if fortran_order or len(shape) != 2:
-        raise ValueError(f"{getattr(f, 'name', 'result')} is not a C-ordered matrix")
-    return NpyLayout(f.tell(), (int(shape[0]), int(shape[1])), np.dtype(dtype))
+    if fortran_order or len(shape) < 2:
+        raise ValueError(f"{getattr(f, 'name', 'result')} is not a C-ordered array of rank ≥ 2")
+    return NpyLayout(f.tell(), tuple(int(s) for s in shape), np.dtype(dtype))
 
 
 # --- writing (planning and tiles) -----------------------------------------------------------------------------
@@ -162,6 +169,46 @@ def _write_legacy_zarr(path: Path, block: np.ndarray, rows: tuple[int, int], col
     array[rows[0]:rows[1], cols[0]:cols[1]] = block
     if mirror:
         array[cols[0]:cols[1], rows[0]:rows[1]] = block.T
+
+
+#: The arrays of a trajectory result that are also served as ``.npy`` (``?output=``).
+TRAJECTORY_ARRAYS = ("train_predictions", "test_predictions")
+TRAJECTORY_DOCUMENT = "result.json"
+
+
+def trajectory_outputs(n_test: int) -> list[str]:
+    """The ``?output=`` names of a trajectory job (test predictions only when it had test points)."""
+    return list(TRAJECTORY_ARRAYS if n_test else TRAJECTORY_ARRAYS[:1])
+
+
+def _save_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_trajectory_result(folder: Path, document: dict[str, Any], include: list[str]) -> None:
+    """Write a trajectory job's result (module docstring): each array of :data:`TRAJECTORY_ARRAYS`
+    in ``document`` (T × n × k) as ``.npy``, then the JSON document with the arrays not in
+    ``include`` set to ``null``. The document is written last: its presence means the result is
+    complete."""
+    from service.responses import dumps
+
+    (folder / RESULT_DIR).mkdir(parents=True, exist_ok=True)
+    for name in TRAJECTORY_ARRAYS:
+        array = document.get(name)
+        if array is not None:
+            array = np.ascontiguousarray(array, dtype="<f8")
+            _save_atomic(result_path(folder, name), lambda f, a=array: np.save(f, a, allow_pickle=False))
+    inline = {key: (None if key in TRAJECTORY_ARRAYS and key not in include else value)
+              for key, value in document.items()}
+    _save_atomic(folder / TRAJECTORY_DOCUMENT, lambda f: f.write(dumps(inline)))
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -270,15 +317,16 @@ def parse_rows(rows: str | None, n: int) -> tuple[int, int]:
     return a, b
 
 
-def open_result(folder: Path, job_id: str, plan: dict[str, Any], output: str | None, rows: str | None
+def open_result(folder: Path, job_id: str, outputs: list[str], output: str | None, rows: str | None
                 ) -> ResultBlock:
-    """The representation the URL names: output ``output`` (default the job's first), rows ``rows``.
+    """The representation the URL names: output ``output`` (default the job's first of ``outputs``),
+    rows ``rows`` (of the first axis: a gram matrix's rows, a trajectory array's times).
 
     Blocking file work: call it in a worker thread. The returned block holds the file open (a
     deleted job's download still completes); :meth:`ResultBlock.close` it."""
-    name = output or plan["outputs"][0]
-    if name not in plan["outputs"]:
-        raise invalid(["query", "output"], f"this job computed {', '.join(plan['outputs'])}, not {name!r}")
+    name = output or outputs[0]
+    if name not in outputs:
+        raise invalid(["query", "output"], f"this job computed {', '.join(outputs)}, not {name!r}")
     path = result_path(folder, name)
     try:
         source: _NpySource | _ZarrSource = (_ZarrSource(folder / LEGACY_ZARR / name)
@@ -288,13 +336,12 @@ def open_result(folder: Path, job_id: str, plan: dict[str, Any], output: str | N
         raise ProblemError(404, f"The {name} result of job {job_id} is missing or damaged in the store ({exc}); "
                            "run the job again.", slug="not-found") from None
     try:
-        n1, n2 = source.layout.shape
-        a, b = parse_rows(rows, n1)
+        a, b = parse_rows(rows, source.layout.shape[0])
     except BaseException:
         source.close()
         raise
     tag = hashlib.blake2b(f"{job_id}/{name}/{a}:{b}/{source.validator}".encode(), digest_size=16).hexdigest()
-    return ResultBlock(header=npy_header(source.layout.dtype, (b - a, n2)), source=source,
+    return ResultBlock(header=npy_header(source.layout.dtype, (b - a, *source.layout.shape[1:])), source=source,
                        data_start=a * source.layout.row_bytes, data_length=(b - a) * source.layout.row_bytes,
                        etag=f'"{tag}"', last_modified=source.mtime)
 

@@ -4,14 +4,16 @@ in the graph), write results and done-markers to the job folder, and never touch
 A job folder ``<data_dir>/jobs/<id>/`` holds ``inputs/`` (hard links to the datasets, so
 deleting a dataset cannot break a running job), ``result/<output>.npy`` (gram: one file per
 output, written in place by the tiles in disjoint blocks; see :mod:`service.jobs.results`),
-``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and ``result.json``.
+``done/<tile>`` markers, ``CANCELLED`` (the cancel flag) and, for trajectory jobs, ``result.json``
+and ``result/<array>.npy``. Jobs of the iterative solvers add ``cache/`` (kernel tiles, removed when
+the job ends; :mod:`service.jobs.operator`), ``progress.json``, ``checkpoint.npy``, ``driver.json``
+and the sampled centers' inputs under ``inputs/`` (:mod:`service.jobs.solvers`).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +25,7 @@ from distributed import WorkerPlugin
 
 from core.kernels import gram_block
 from core.kernels.spec import KernelSpec
-from service.jobs.results import write_tile
+from service.jobs.results import TRAJECTORY_ARRAYS, write_tile, write_trajectory_result
 from service.problems import job_failed
 
 CANCEL_FLAG = "CANCELLED"
@@ -57,7 +59,7 @@ class TaskFailed(Exception):
     """A task's failure as a JSON problem document (plain string arg: it pickles safely)."""
 
 
-def _fail(detail: str) -> TaskFailed:
+def task_failure(detail: str) -> TaskFailed:
     return TaskFailed(orjson.dumps(job_failed(detail)).decode())
 
 
@@ -66,19 +68,41 @@ def load_input(path: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise _fail(f"input {Path(path).name} cannot be read as .npy ({exc}); upload the dataset again") from None
+        raise task_failure(f"input {Path(path).name} cannot be read as .npy ({exc}); upload the dataset again") from None
 
 
 def _rows(array: np.ndarray, start: int, stop: int, dtype: np.dtype, device: str) -> Any:
     """Rows ``start:stop`` of a memory-mapped input of any rank (``n × d``, ``n × L × C``, ``n × H × W × C``)."""
     block = np.array(array[start:stop], dtype=dtype)
     if not np.isfinite(block).all():
-        raise _fail(f"input rows {start}:{stop} contain NaN or Infinity")
+        raise task_failure(f"input rows {start}:{stop} contain NaN or Infinity")
     if device == "gpu":
         import cupy  # the GPU extra
 
         return cupy.asarray(block)
     return block
+
+
+def kernel_blocks(spec: KernelSpec, outputs: list[str], dtype: np.dtype, device: str, x1_path: str,
+                  x2_path: str | None, rows: tuple[int, int], cols: tuple[int, int], diagonal: bool
+                  ) -> dict[str, np.ndarray]:
+    """The blocks ``K(x1[rows], x2[cols])`` of ``outputs`` as host arrays (``x2_path`` None: x1 itself;
+    ``diagonal``: a symmetric tile on the diagonal), computed on the CPU or, with ``device="gpu"``, by
+    CuPy. A failure of the kernel (e.g. overflow) is a :class:`TaskFailed` naming the block."""
+    (r0, r1), (c0, c1) = rows, cols
+    x1 = load_input(x1_path)
+    a = _rows(x1, r0, r1, dtype, device)
+    b = None if diagonal else _rows(x1 if x2_path is None else load_input(x2_path), c0, c1, dtype, device)
+    try:
+        blocks = gram_block(spec, a, b, outputs=outputs, dtype=dtype, symmetric=diagonal)
+    except ValueError as exc:
+        raise task_failure(str(exc)) from None
+    if device == "gpu":
+        blocks = {name: block.get() for name, block in blocks.items()}
+    for name, block in blocks.items():
+        if not np.isfinite(block).all():
+            raise task_failure(f"the {name} matrix overflows {dtype} in rows {r0}:{r1}, columns {c0}:{c1}")
+    return blocks
 
 
 def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec, outputs: list[str], dtype: str,
@@ -94,19 +118,7 @@ def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec,
         return index
     if (folder / CANCEL_FLAG).exists():
         return -1
-    dt = np.dtype(dtype)
-    x1 = load_input(x1_path)
-    rows = _rows(x1, r0, r1, dt, device)
-    cols = None if diagonal else _rows(x1 if x2_path is None else load_input(x2_path), c0, c1, dt, device)
-    try:
-        blocks = gram_block(spec, rows, cols, outputs=outputs, dtype=dt, symmetric=diagonal)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    if device == "gpu":
-        blocks = {name: block.get() for name, block in blocks.items()}
-    for name, block in blocks.items():
-        if not np.isfinite(block).all():
-            raise _fail(f"the {name} matrix overflows {dtype} in rows {r0}:{r1}, columns {c0}:{c1}")
+    blocks = kernel_blocks(spec, outputs, np.dtype(dtype), device, x1_path, x2_path, (r0, r1), (c0, c1), diagonal)
     if (folder / CANCEL_FLAG).exists() or not (folder / "done").is_dir():  # cancelled, or deleted meanwhile
         return -1
     try:  # pwrite: once it returns the bytes are the kernel's, so the marker may follow
@@ -117,7 +129,7 @@ def gram_tile(job_dir: str, x1_path: str, x2_path: str | None, spec: KernelSpec,
         raise
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _fail(f"the data store is full: rows {r0}:{r1}, columns {c0}:{c1} could not be written") from None
+            raise task_failure(f"the data store is full: rows {r0}:{r1}, columns {c0}:{c1} could not be written") from None
         raise
     marker.write_text(_worker_name())  # which worker did it (observability; tests check the spread)
     return index
@@ -148,23 +160,32 @@ def fit_task(spec: KernelSpec, which: str, paths: dict[str, str | None], ridge: 
     try:
         fitted = fit_model(spec, which, data["x_train"], data["y_train"], ridge, ridge_mode)
     except ProblemError as exc:
-        raise _fail(exc.detail) from None
+        raise task_failure(exc.detail) from None
     write_model_arrays(Path(staging), data["x_train"], fitted)  # type: ignore[arg-type]
     return model_meta({}, fitted)
 
 
 def trajectory_task(spec: KernelSpec, which: str, paths: dict[str, str | None], options: dict[str, Any],
-                    out_path: str) -> None:
-    """Compute a trajectory and write its JSON document to ``out_path`` (atomically)."""
+                    job_dir: str) -> None:
+    """Compute a trajectory by one ``eigh`` and write its result into the job folder
+    (:func:`service.jobs.results.write_trajectory_result`)."""
     from service.learning import one_shot_trajectory, trajectory_body
     from service.problems import ProblemError
-    from service.responses import dumps
 
     body = SimpleNamespace(**options, **_learning_inputs(paths))
     try:
         document = trajectory_body(one_shot_trajectory(spec, which, body))
     except ProblemError as exc:
-        raise _fail(exc.detail) from None
-    tmp = Path(out_path).with_suffix(".tmp")
-    tmp.write_bytes(dumps(document))
-    os.replace(tmp, out_path)
+        raise task_failure(exc.detail) from None
+    write_trajectory(Path(job_dir), document, options)
+
+
+def write_trajectory(folder: Path, document: dict[str, Any], options: dict[str, Any]) -> None:
+    """The trajectory result with the arrays ``options["include"]`` asks for inline (default: both);
+    a full disk is a task failure that says so."""
+    try:
+        write_trajectory_result(folder, document, options.get("include", list(TRAJECTORY_ARRAYS)))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise task_failure("the data store is full: the trajectory result could not be written") from None
+        raise

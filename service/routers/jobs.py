@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import anyio
 from fastapi import Header, Query, Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from service.auth import Owner
 from service.compute import run_compute
@@ -15,7 +15,13 @@ from service.deps import EngineDep, RunnerDep, SettingsDep, StorageDep
 from service.jobs.engine import ComputeEngine
 from service.jobs.ledger import ACTIVE, Job, new_job_id
 from service.jobs.planning import plan_gram, plan_learning
-from service.jobs.results import create_result_files, open_result, result_response
+from service.jobs.results import (
+    TRAJECTORY_DOCUMENT,
+    create_result_files,
+    open_result,
+    result_response,
+    trajectory_outputs,
+)
 from service.negotiation import negotiate
 from service.npy import NPY_MEDIA_TYPE
 from service.openapi_doc import problem
@@ -31,13 +37,14 @@ from service.resources import (
 )
 from service.responses import ORJSONResponse
 from service.routing import PageLimit, PageToken, v1_router
-from service.schemas.gram import OUTPUT_PATTERN
+from service.schemas.gram import OUTPUT_NAMES
 from service.schemas.jobs import (
     GramJob,
     JobCreate,
     JobList,
     JobOut,
     JobStatus,
+    TrajectoryArray,
 )
 
 router = v1_router("jobs")
@@ -136,17 +143,18 @@ async def delete_job(job_id: str, request: Request, owner: Owner, store: Storage
 RESULT_HEADERS = {
     "ETag": {"description": "Strong entity tag of this representation (job, output, rows, result file).",
              "schema": {"type": "string"}},
-    "Accept-Ranges": {"description": "`bytes` for gram results.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "`bytes` for .npy results.", "schema": {"type": "string"}},
     "Last-Modified": {"description": "When the result file was last written.", "schema": {"type": "string"}},
     "Content-Length": {"description": "Bytes in this response's body.", "schema": {"type": "integer"}},
 }
 RESULT_CONTENT = {
     200: {"description": "gram: the matrix (or the block `?rows=a:b`) as .npy, streamed; fit: the model; "
-                         "trajectory: the trajectory document.",
+                         "trajectory: the trajectory document, or with `?output=` one prediction array "
+                         "(times × points × outputs; `?rows=a:b` for times a:b) as .npy.",
           "headers": RESULT_HEADERS,
           "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
                       "application/json": {"schema": {"type": "object"}}}},
-    206: {"description": "gram: the one byte range asked for by `Range`, of the .npy representation above.",
+    206: {"description": "The one byte range asked for by `Range`, of the .npy representation above.",
           "headers": RESULT_HEADERS | {"Content-Range": {"description": "`bytes start-end/length`.",
                                                          "schema": {"type": "string"}}},
           "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
@@ -155,13 +163,15 @@ RESULT_CONTENT = {
                  "length).") | {"headers": {"Content-Range": {"description": "`bytes */length`.",
                                                                "schema": {"type": "string"}}}},
 }
+#: ``?output=`` of a result: a gram job's matrices, or a trajectory job's prediction arrays.
+RESULT_OUTPUT_PATTERN = f"^({OUTPUT_NAMES}|{'|'.join(get_args(TrajectoryArray))})$"
 RangeHeader = Annotated[str | None, Header(
     alias="Range",
-    description="gram: one byte range of the .npy representation: `bytes=start-end`, `bytes=start-` or "
+    description=".npy results: one byte range of the representation: `bytes=start-end`, `bytes=start-` or "
                 "`bytes=-suffix_length`. Several ranges are answered with the whole representation (200).")]
 IfRangeHeader = Annotated[str | None, Header(
     alias="If-Range",
-    description="gram: honour `Range` only if the representation still has this ETag (or Last-Modified date); "
+    description=".npy results: honour `Range` only if the representation still has this ETag (or Last-Modified date); "
                 "otherwise the whole representation is sent (200).")]
 
 
@@ -170,10 +180,11 @@ IfRangeHeader = Annotated[str | None, Header(
 async def get_job_result(
     job_id: str, request: Request, owner: Owner, store: StorageDep, jobs: RunnerDep,
     rows: Annotated[str | None, Query(max_length=40, pattern=r"^[0-9]*:[0-9]*$",
-                                      description="gram: a block of rows 'a:b' (0 ≤ a < b ≤ n; an end left "
-                                                  "out is 0 or n).")] = None,
-    output: Annotated[str | None, Query(pattern=OUTPUT_PATTERN,
-                                        description="gram: which of the job's outputs (default: the first).")] = None,
+                                      description="A block 'a:b' of the first axis (0 ≤ a < b; an end left out "
+                                                  "is 0 or the axis length): gram rows, trajectory times.")] = None,
+    output: Annotated[str | None, Query(pattern=RESULT_OUTPUT_PATTERN,
+                                        description="gram: which matrix (default: the first); trajectory: "
+                                                    "train_predictions or test_predictions as .npy.")] = None,
     range_: RangeHeader = None, if_range: IfRangeHeader = None,
 ) -> Response:
     """The result of a succeeded job (409 before).
@@ -184,23 +195,38 @@ async def get_job_result(
     `bytes=a-` or `bytes=-n` gives `206` with `Content-Range` (`416` if the range selects nothing),
     so downloads resume (`curl -C -`) and run as parallel parts; `If-Range` guards a resume against a
     changed result. A multi-range request is answered with the whole representation (`200`, as RFC
-    9110 allows). `HEAD` gives the headers alone."""
+    9110 allows). `HEAD` gives the headers alone.
+
+    A trajectory job's result is its JSON document; the prediction arrays it left out (`include`)
+    are `null` there. Every prediction array is also served as `.npy`, `?output=train_predictions`
+    or `?output=test_predictions` (times × points × outputs, float64; `?rows=a:b` for times a:b),
+    with the same range support."""
     job = owned("job", store.jobs.get, owner, job_id)
     if job.status != "succeeded":
         raise ProblemError(409, f"Job {job_id} is {job.status}; its result exists once it has succeeded.",
                            slug="job-not-finished")
-    wanted = NPY_MEDIA_TYPE if job.type == "gram" else "application/json"
+    arrays = job.type == "gram" or (job.type == "trajectory" and (output is not None or rows is not None))
+    wanted = NPY_MEDIA_TYPE if arrays else "application/json"
     if negotiate(request.headers.get("accept"), [wanted]) is None:
-        raise ProblemError(406, f"A {job.type} job's result is {wanted}.", slug="not-acceptable")
+        raise ProblemError(406, f"This {job.type} job's result is {wanted}"
+                           + ("" if arrays or job.type != "trajectory" else
+                              "; its prediction arrays are .npy with ?output=train_predictions|test_predictions")
+                           + ".", slug="not-acceptable")
     folder = jobs.folder(job.id)
     if job.type == "fit":
         model = store.models.get(owner, job.result["model_id"]) if job.result else None
         if model is None:
             raise ProblemError(404, "The model this job fitted was deleted.", slug="not-found")
         return ORJSONResponse(model_document(model.id, model.meta))
-    if job.type == "trajectory":
-        return Response((folder / "result.json").read_bytes(), media_type="application/json")
-    block = await anyio.to_thread.run_sync(open_result, folder, job.id, job.plan, output, rows)
+    if job.type == "trajectory" and not arrays:
+        document = folder / TRAJECTORY_DOCUMENT
+        if not document.is_file():
+            raise ProblemError(404, f"The result of job {job.id} is missing from the store; run the job again.",
+                               slug="not-found")
+        return FileResponse(document, media_type="application/json")
+    outputs = job.plan["outputs"] if job.type == "gram" else trajectory_outputs(
+        int(job.plan["paths"].get("x_test") is not None))
+    block = await anyio.to_thread.run_sync(open_result, folder, job.id, outputs, output, rows)
     return result_response(block, request.method, range_, if_range)
 
 

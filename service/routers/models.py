@@ -21,8 +21,10 @@ from service.compute import run_compute
 from service.deps import SettingsDep, StorageDep
 from service.inputs import resolve_datasets
 from service.learning import (
+    check_dense_model,
     fit_model,
     model_predictions,
+    resolve_fit_solver,
     run_trajectory,
     trajectory_body,
 )
@@ -72,7 +74,9 @@ def _spec(model: StoredModel) -> CoreKernelSpec:
              responses={201: {"headers": {"Location": {"schema": {"type": "string"}}}}, **INSUFFICIENT_STORAGE})
 async def create_model(body: ModelCreate, request: Request, owner: Owner, settings: SettingsDep, store: StorageDep,
                        idempotency_key: IdempotencyKey = None) -> Response:
-    """Fit kernel regression with ``K + ridge·I`` (Cholesky). A singular system with ridge 0 is a 422."""
+    """Fit kernel regression with ``K + ridge·I`` by ``solver`` (auto: Cholesky while the dense solve fits
+    NTK_DENSE_SOLVE_MAX_BYTES, else Nyström). A singular system with ridge 0 is a 422; so is a cg/nystrom
+    solve that does not reach ``tol`` within ``max_iter`` (the detail reports the residual reached)."""
     resolve_datasets(body, store, owner)
     fingerprint, existing = await earlier_creation(request, store, owner, "models", idempotency_key, store.models.get)
     if existing is not None:
@@ -80,8 +84,9 @@ async def create_model(body: ModelCreate, request: Request, owner: Owner, settin
     spec = body.kernel.to_core()
     which = resolve_which(spec, body.which)
     check_training_set(settings, spec, body.x_train, body.y_train)
+    solver = resolve_fit_solver(settings, body, body.x_train.shape[0], job=False)
     fitted = await run_compute(request, fit_model, spec, which, body.x_train, body.y_train, body.ridge,
-                               body.ridge_mode)
+                               body.ridge_mode, solver)
     meta = {"kernel": body.kernel.model_dump(mode="json", exclude_none=True), "which": which,
             "ridge": body.ridge, "ridge_mode": body.ridge_mode}
     remember = None if idempotency_key is None else (
@@ -125,12 +130,19 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
     ``time`` (Lee et al. 2019; needs the network's NNGP, computed once per model); for nngp,
     ntk_b and classic kernels the Gaussian-process posterior ``k** − k*ᵀ(K + ridge·I)⁻¹k*`` at
     t = ∞, and the same prior trained for ``time`` otherwise.
+
+    Models of solver cg or nystrom predict ``K(x*, centers) β`` at t = ∞ only: ``time`` or
+    ``variance`` on them is a 422.
     """
     resolve_datasets(body, store, owner)
     model = await _get(request, store, owner, model_id)
-    check_features(model.x_train, body.x_test, ("x_train", "x_test"))
-    check_prediction_work(settings, _spec(model), body.x_test, model.x_train.shape[0])
-    entries = body.x_test.shape[0] * model.fit.n_outputs
+    if body.time is not None:
+        check_dense_model(model, ["body", "time"], "a prediction at a finite training time")
+    if body.variance:
+        check_dense_model(model, ["body", "variance"], "the predictive variance")
+    check_features(model.x_centers, body.x_test, ("x_train", "x_test"))
+    check_prediction_work(settings, _spec(model), body.x_test, model.x_centers.shape[0])
+    entries = body.x_test.shape[0] * model.n_outputs
     if entries > settings.max_result_entries:
         raise too_large("max_result_entries", f"{entries} predictions is over {settings.max_result_entries}")
     mean, variance = await run_compute(request, model_predictions, model, _spec(model), body.x_test, body.time,
@@ -142,15 +154,17 @@ async def predict_with_model(model_id: str, body: PredictionRequest, request: Re
              responses=NOT_FOUND)
 async def model_trajectory(model_id: str, body: TrajectoryOptions, request: Request, owner: Owner,
                            settings: SettingsDep, store: StorageDep) -> Response:
-    """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept)."""
+    """The linearized network's training trajectory on the model's data (eigenbasis computed once, kept).
+    Cholesky models only: on a cg/nystrom model it is a 422 (use a ``trajectory`` job with solver krylov)."""
     resolve_datasets(body, store, owner)
     model = await _get(request, store, owner, model_id)
-    check_trajectory_options(settings, body, model.x_train, model.fit.n_outputs)
+    check_dense_model(model, ["path", "model_id"], "a training trajectory (use a trajectory job with solver \"krylov\")")
+    check_trajectory_options(settings, body, model.x_centers, model.n_outputs)
     if body.x_test is not None:  # the test × training kernel (the training one exists already)
-        check_inputs(settings, _spec(model), body.x_test, "x_test", model.x_train.shape[0])
-    fitted = model.fit
+        check_inputs(settings, _spec(model), body.x_test, "x_test", model.x_centers.shape[0])
+    fitted = model.dense()
     y = fitted.y[:, 0] if fitted.y_was_1d else fitted.y
     basis = await run_compute(request, model.basis)
     result = await run_compute(request, run_trajectory, _spec(model), model.meta["which"], fitted.kernel, y,
-                               model.x_train, fitted.ridge_effective, body, basis)
+                               model.x_centers, fitted.ridge_effective, body, basis)
     return ORJSONResponse(trajectory_body(result))

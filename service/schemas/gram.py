@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 from service.schemas.common import Dtype, Inputs, RequestModel, Seed, integer
 from service.schemas.kernels import KernelSpec, NetworkSpec
 
-#: The names of the matrices kernels yield.
-OUTPUT_PATTERN = r"^(nngp|ntk|ntk_a|ntk_b|kernel)$"
+#: The names of the matrices kernels yield (a regular-expression alternation).
+OUTPUT_NAMES = "nngp|ntk|ntk_a|ntk_b|kernel"
+OUTPUT_PATTERN = f"^({OUTPUT_NAMES})$"
 OutputName = Annotated[str, Field(pattern=OUTPUT_PATTERN)]
 Outputs = Annotated[list[OutputName], Field(min_length=1, max_length=4)]
 

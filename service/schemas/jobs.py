@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.problems import Problem
 from service.schemas.common import DATASET_ID_PATTERN, Dtype, RequestModel
 from service.schemas.gram import Outputs
 from service.schemas.kernels import KernelSpec
-from service.schemas.learning import KernelProblem, TrajectoryOptions
+from service.schemas.learning import FitSolverOptions, KernelProblem, MaxIter, Tolerance, TrajectoryOptions
 
 DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, description="An id from POST /v1/datasets.")]
+TrajectoryArray = Literal["train_predictions", "test_predictions"]
 Device = Annotated[Literal["cpu", "gpu"], Field(description="gpu: run on workers with the Dask resource GPU=1.")]
 
 
@@ -28,8 +29,9 @@ class GramJob(RequestModel):
     device: Device = "cpu"
 
 
-class FitJob(KernelProblem):
-    """``POST /v1/models`` as a job; ``x_train``, ``y_train`` are dataset ids."""
+class FitJob(FitSolverOptions, KernelProblem):
+    """``POST /v1/models`` as a job; ``x_train``, ``y_train`` are dataset ids. cholesky is bounded by
+    NTK_MAX_JOB_TRAIN_SIZE, cg and nystrom by NTK_MAX_ITERATIVE_TRAIN_SIZE."""
 
     type: Literal["fit"]
     x_train: DatasetId  # type: ignore[assignment]
@@ -46,6 +48,26 @@ class TrajectoryJob(KernelProblem, TrajectoryOptions):
     x_test: DatasetId | None = None  # type: ignore[assignment]
     y_test: DatasetId | None = None  # type: ignore[assignment]
     device: Device = "cpu"
+    solver: Literal["auto", "eigh", "krylov"] = Field(
+        "auto", description="eigh: one dense eigendecomposition (the n × n matrix in one process; n ≤ "
+        "NTK_MAX_JOB_TRAIN_SIZE). krylov: the same formulas by Lanczos on the matrix-free kernel (n ≤ "
+        "NTK_MAX_ITERATIVE_TRAIN_SIZE); its eigenvalues are the Ritz values found. auto: eigh while 16·n² bytes fit "
+        "NTK_DENSE_SOLVE_MAX_BYTES and n ≤ NTK_MAX_JOB_TRAIN_SIZE, else krylov.")
+    tol: Tolerance = Field(1e-8, description="krylov: the relative accuracy of the predictions; ignored by eigh.")
+    max_iter: MaxIter = Field(1000, description="krylov: most Lanczos iterations; not reaching tol fails the job "
+                              "with the error reached. Ignored by eigh.")
+    include: Annotated[list[TrajectoryArray], Field(max_length=2)] = Field(
+        ["train_predictions", "test_predictions"],
+        description="The prediction arrays carried inline in the JSON result ([]: losses only). times, losses, "
+        "eigenvalues and max_stable_learning_rate are always there; a left-out array is null in the JSON and "
+        "served as .npy (times × n × k) by GET /v1/jobs/{id}/result?output=<name>.")
+
+    @field_validator("include")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("list each array at most once")
+        return value
 
 
 JobCreate = Annotated[GramJob | FitJob | TrajectoryJob, Field(discriminator="type")]
@@ -61,7 +83,8 @@ class JobOut(BaseModel):
     id: str
     type: Literal["gram", "fit", "trajectory"]
     status: JobStatus
-    progress: float = Field(ge=0, le=1, description="Tiles done / tiles total (gram); 0 or 1 otherwise.")
+    progress: float = Field(ge=0, le=1, description="Tiles done / tiles total (gram); iterations / max_iter or "
+                            "better for cg, nystrom and krylov; 0 or 1 otherwise.")
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -16,15 +16,20 @@ from service.schemas.common import (
     NonNegative,
     Positive,
     RequestModel,
+    Seed,
     Targets,
+    finite_number,
     integer,
 )
+from service.schemas.gram import OUTPUT_PATTERN
 from service.schemas.kernels import KernelSpec
 
-Which = Annotated[str, Field(pattern=r"^(nngp|ntk|ntk_a|ntk_b|kernel)$",
+Which = Annotated[str, Field(pattern=OUTPUT_PATTERN,
                              description="The matrix to use; default ntk for network kernels, kernel otherwise.")]
 RidgeMode = Literal["absolute", "relative"]
 LossNormalization = Literal["mean", "sum"]
+Tolerance = finite_number(gt=0, lt=1)
+MaxIter = integer(ge=1, le=100_000)
 
 
 class KernelProblem(RequestModel):
@@ -38,8 +43,42 @@ class KernelProblem(RequestModel):
     ridge_mode: RidgeMode = "absolute"
 
 
-class ModelCreate(KernelProblem):
-    """Fit kernel regression (Cholesky); a singular system with ridge 0 is refused."""
+class FitSolverOptions(RequestModel):
+    """How a fit is solved (api-v1.md, "Training sets beyond one machine's memory")."""
+
+    solver: Literal["auto", "cholesky", "cg", "nystrom"] = Field(
+        "auto", description="cholesky: the exact dense solve (the n × n matrix in one process). cg: the same "
+        "solution by Nyström-preconditioned conjugate gradients, matrix-free. nystrom: Nyström kernel ridge "
+        "regression on `centers` training points drawn with `seed` (Falkon); exact with centers = n. auto: cholesky "
+        "while 16·n² bytes fit NTK_DENSE_SOLVE_MAX_BYTES (and, for jobs, n ≤ NTK_MAX_JOB_TRAIN_SIZE), else nystrom. "
+        "cg and nystrom models predict means at t = ∞ only (no time, variance or trajectory).")
+    tol: Tolerance = Field(1e-8, description="cg/nystrom: stop at this relative residual of the solved system; "
+                           "ignored by cholesky.")
+    max_iter: MaxIter = Field(1000, description="cg/nystrom: most iterations; not reaching tol is an error that "
+                              "reports the residual reached. Ignored by cholesky.")
+    centers: integer(ge=1) | None = Field(
+        None, description="nystrom: the number M of centers (≤ n and ≤ NTK_MAX_NYSTROM_CENTERS); null: "
+        "min(n, NTK_MAX_NYSTROM_CENTERS, max(1000, ⌈√n · ln n⌉)). Only with solver nystrom or auto (used if auto "
+        "picks nystrom); with cholesky or cg it is a 422.")
+    seed: Seed = Field(
+        0, description="Draws the nystrom centers (and cg's preconditioner points): the same seed, data and "
+        "settings give the same model.")
+
+
+class ModelCreate(FitSolverOptions, KernelProblem):
+    """Fit kernel regression (solver ``auto``: Cholesky for the synchronous sizes by default); a singular
+    system with ridge 0 is refused."""
+
+
+class SolverOut(BaseModel):
+    type: Literal["cholesky", "cg", "nystrom"]
+    centers: int = Field(description="Training points predictions are taken against: n (cholesky, cg) or M (nystrom).")
+    seed: int | None = Field(description="The seed that drew the centers (nystrom) or cg's preconditioner points; "
+                             "null for cholesky.")
+    iterations: int | None = Field(description="Iterations of cg/nystrom; null for cholesky (a direct solve).")
+    relative_residual: float | None = Field(
+        description="Reached by the solver, max over outputs — cg: ‖y − (K + ρI)α‖/‖y‖; nystrom: of Falkon's "
+        "preconditioned system for (K_nMᵀK_nM + ρK_MM)β = K_nMᵀy; null for cholesky.")
 
 
 class ModelOut(BaseModel):
@@ -50,8 +89,10 @@ class ModelOut(BaseModel):
     which: str
     ridge: float
     ridge_mode: RidgeMode
-    train_residual_norm: float = Field(description="‖K α − y‖_F on the training points.")
-    condition_number: float | None = Field(description="LAPACK estimate (1-norm) for K + ridge·I.")
+    train_residual_norm: float = Field(description="‖K α − y‖_F on the training points (nystrom: ‖K_nM β − y‖_F).")
+    condition_number: float | None = Field(description="LAPACK estimate (1-norm) for K + ridge·I (cholesky); "
+                                           "null when not estimated (cg, nystrom).")
+    solver: SolverOut
     created_at: str
 
 
@@ -90,14 +131,24 @@ class TrajectoryRequest(TrajectoryOptions, KernelProblem):
     """A one-shot trajectory: the kernel problem and the trajectory options inline."""
 
 
+class TrajectorySolverOut(BaseModel):
+    type: Literal["krylov"]
+    iterations: int = Field(description="Lanczos iterations (kernel products).")
+    estimated_error: float = Field(description="Estimated relative error of the predictions (max over times, outputs).")
+
+
 class TrajectoryOut(BaseModel):
     times: list[float]
     train_loss: list[float]
-    train_predictions: list[list[list[float]]] = Field(description="One n × k matrix per time.")
-    test_predictions: list[list[list[float]]] | None
+    train_predictions: list[list[list[float]]] | None = Field(
+        description="One n × k matrix per time; null only in a job result whose `include` leaves it out "
+        "(GET /v1/jobs/{id}/result?output=train_predictions serves it as .npy).")
+    test_predictions: list[list[list[float]]] | None = Field(
+        description="One n_test × k matrix per time; null without x_test or when a job's `include` leaves it out.")
     test_loss: list[float] | None
-    eigenvalues: list[float] = Field(description="Of K, descending.")
+    eigenvalues: list[float] = Field(description="Of K, descending (krylov: the Ritz values found).")
     max_stable_learning_rate: float | None = Field(description="2N / λ_max(K + ridge·I); null if K = 0.")
+    solver: TrajectorySolverOut | None = Field(None, description="krylov trajectory jobs only.")
 
 
 class SpectraRequest(RequestModel):

@@ -1,10 +1,15 @@
 """Fitted kernel-regression models: a ledger row (metadata JSON) plus a folder of ``.npy`` arrays.
 
 ``<data_dir>/models/<id>/`` holds what later calls need so that no prediction or trajectory
-refactors the kernel: ``x_train``, ``y`` (n × k), the training Gram ``kernel``, ``alpha``, the
-Cholesky factor ``cholesky``; on first use the eigenbasis (``eigenvalues``, ``eigenvectors``) and,
-for NTK variances, the training ``nngp``. Arrays are saved and loaded with
-``allow_pickle=False``; a folder is complete before its ledger row exists.
+refactors the kernel. A ``cholesky`` model: ``x_train``, ``y`` (n × k), the training Gram
+``kernel``, ``alpha``, the Cholesky factor ``cholesky``; on first use the eigenbasis
+(``eigenvalues``, ``eigenvectors``) and, for NTK variances, the training ``nngp``. A *dual* model
+(solver ``cg`` or ``nystrom``; meta ``solver.type``) keeps only what its predictions
+``K(x*, centers) β`` need: ``centers_x`` (the centers' inputs: all training points for cg, the
+sampled ones for nystrom; loaded memory-mapped), ``coefficients`` (β, m × k) and, for nystrom,
+``center_indices`` (the centers' rows in the training set, so a fit can be repeated and audited).
+Arrays are saved and loaded with ``allow_pickle=False``; a folder is complete before its ledger
+row exists.
 
 A model is created atomically: its arrays are written into a staging folder ``.mdl_<id>``, which
 is renamed into place in the same ledger transaction that records it. A model that does not fit
@@ -32,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from core.dynamics import EigenBasis
-from core.regression import KernelRidgeFit
+from core.regression import DualFit, KernelRidgeFit
+from core.solvers import SolveReport
 from service.problems import insufficient_storage
 from service.storage.db import Database
 from service.storage.faults import free_bytes, is_disk_full, remove, writing
@@ -44,17 +50,37 @@ _ID = re.compile(r"^mdl_[0-9a-f]{24}$")
 
 @dataclass
 class StoredModel:
-    """A model as the service uses it: metadata, training inputs and the fitted state."""
+    """A model as the service uses it: metadata, the inputs predictions are taken against and the
+    fitted state. ``x_centers``: all training inputs (cholesky, cg) or the Nyström centers' inputs."""
 
     id: str
     owner: str
     meta: dict[str, Any]
-    x_train: np.ndarray
-    fit: KernelRidgeFit
+    x_centers: np.ndarray
+    fit: KernelRidgeFit | DualFit
     folder: Path
     seq: int
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def solver(self) -> str:
+        """``cholesky`` (the dense model: times, variances, trajectories), ``cg`` or ``nystrom``."""
+        return "cholesky" if isinstance(self.fit, KernelRidgeFit) else self.fit.solver
+
+    @property
+    def n_train(self) -> int:
+        return self.fit.n_train
+
+    @property
+    def n_outputs(self) -> int:
+        return self.fit.n_outputs
+
+    def dense(self) -> KernelRidgeFit:
+        """The Cholesky fit (callers check :attr:`solver` first and answer dual models with a 422)."""
+        if not isinstance(self.fit, KernelRidgeFit):
+            raise TypeError(f"model {self.id} is a {self.solver} model: it keeps no training kernel")
+        return self.fit
 
     def extra(self, name: str, compute: Any) -> np.ndarray:
         """A derived array (e.g. the training NNGP), computed once and persisted beside the model."""
@@ -70,15 +96,16 @@ class StoredModel:
 
     def basis(self) -> EigenBasis:
         """The eigenbasis of the training Gram, computed on first use and persisted."""
+        fit = self.dense()
         with self.lock:
-            if "basis" not in self.fit._cache:  # noqa: SLF001 — the fit's own lazy cache
+            if "basis" not in fit._cache:  # noqa: SLF001 — the fit's own lazy cache
                 values, vectors = self.folder / "eigenvalues.npy", self.folder / "eigenvectors.npy"
                 if values.exists() and vectors.exists():
-                    self.fit._cache["basis"] = EigenBasis(np.load(values), np.load(vectors))  # noqa: SLF001
+                    fit._cache["basis"] = EigenBasis(np.load(values), np.load(vectors))  # noqa: SLF001
                 else:
-                    basis = self.fit.basis
+                    basis = fit.basis
                     _cache_on_disk({vectors: basis.eigenvectors, values: basis.eigenvalues})
-        return self.fit.basis
+        return fit.basis
 
 
 def _save(path: Path, array: np.ndarray) -> np.ndarray:
@@ -144,11 +171,84 @@ def write_model_arrays(folder: Path, x_train: np.ndarray, fit: KernelRidgeFit) -
         _save(folder / f"{name}.npy", arrays[name])
 
 
+def solver_summary(solver: str, centers: int, seed: int | None = None, iterations: int | None = None,
+                   relative_residual: float | None = None) -> dict[str, Any]:
+    """The model document's ``solver`` object. ``centers``: the training points predictions are
+    taken against (n for cholesky and cg); seed, iterations and relative_residual are null for cholesky."""
+    return {"type": solver, "centers": int(centers), "seed": seed, "iterations": iterations,
+            "relative_residual": relative_residual}
+
+
 def model_meta(meta: dict[str, Any], fit: KernelRidgeFit) -> dict[str, Any]:
-    """The request's description of a model plus the fitted summary the ledger keeps."""
+    """The request's description of a model plus the fitted summary the ledger keeps (cholesky)."""
     return {**meta, "n_train": fit.n_train, "n_outputs": fit.n_outputs, "ridge_effective": fit.ridge_effective,
             "y_was_1d": fit.y_was_1d, "condition_number": fit.condition_number,
-            "train_residual_norm": fit.train_residual_norm}
+            "train_residual_norm": fit.train_residual_norm, "solver": solver_summary("cholesky", fit.n_train)}
+
+
+
+def write_dual_model(staging: Path, centers_x: np.ndarray | str | Path, center_indices: np.ndarray | None,
+                     coefficients: np.ndarray) -> None:
+    """Stage a dual (cg or nystrom) model's arrays in ``staging`` (also called on Dask workers).
+
+    ``centers_x``: the centers' inputs (m × row shape, kept in their dtype), or the path of the
+    ``.npy`` file of all training inputs (cg), which is hard-linked (copied where linking fails)
+    and never loaded. ``center_indices``: the centers' sorted rows in the training set (nystrom),
+    None for cg. ``coefficients``: β, (m,) or m × k; stored float64 m × k.
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    target = staging / "centers_x.npy"
+    if isinstance(centers_x, str | Path):
+        remove(target)
+        try:
+            os.link(centers_x, target)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+            try:
+                shutil.copyfile(centers_x, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                remove(tmp)
+                raise
+    else:
+        _save(target, np.asarray(centers_x))
+    if center_indices is not None:
+        _save(staging / "center_indices.npy", np.asarray(center_indices, dtype=np.int64))
+    beta = np.asarray(coefficients, dtype=np.float64)
+    _save(staging / "coefficients.npy", beta[:, None] if beta.ndim == 1 else beta)
+
+
+def dual_model_meta(*, solver: str, n_train: int, n_outputs: int, y_was_1d: bool, ridge_effective: float,
+                    train_residual_norm: float, centers: int, seed: int, iterations: int,
+                    relative_residual: float) -> dict[str, Any]:
+    """The fitted summary the ledger keeps for a dual model (merged into the request's description,
+    as :func:`model_meta` is). ``condition_number`` is not estimated (None)."""
+    if solver not in ("cg", "nystrom"):
+        raise ValueError(f"a dual model's solver is cg or nystrom, not {solver!r}")
+    return {"n_train": int(n_train), "n_outputs": int(n_outputs), "ridge_effective": float(ridge_effective),
+            "y_was_1d": bool(y_was_1d), "condition_number": None, "train_residual_norm": float(train_residual_norm),
+            "solver": solver_summary(solver, centers, int(seed), int(iterations), float(relative_residual))}
+
+
+def dual_fit_meta(meta: dict[str, Any], fit: DualFit) -> dict[str, Any]:
+    """:func:`dual_model_meta` of an in-memory :class:`DualFit`, merged into the request's description."""
+    return {**meta, **dual_model_meta(
+        solver=fit.solver, n_train=fit.n_train, n_outputs=fit.n_outputs, y_was_1d=fit.y_was_1d,
+        ridge_effective=fit.ridge_effective, train_residual_norm=fit.train_residual_norm, centers=fit.n_centers,
+        seed=fit.seed, iterations=fit.report.iterations, relative_residual=fit.report.relative_residual)}
+
+
+def _stored_arrays(x_train: np.ndarray, fit: KernelRidgeFit | DualFit) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The inputs predictions use and every array a model stores (sync fits)."""
+    if isinstance(fit, KernelRidgeFit):
+        return x_train, _model_arrays(x_train, fit)
+    x_centers = x_train if fit.center_indices is None else x_train[fit.center_indices]
+    arrays = {"centers_x": x_centers, "coefficients": fit.coefficients}
+    if fit.center_indices is not None:
+        arrays["center_indices"] = fit.center_indices
+    return x_centers, arrays
 
 
 class ModelStore:
@@ -160,31 +260,38 @@ class ModelStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def create(self, owner: str, meta: dict[str, Any], x_train: np.ndarray, fit: KernelRidgeFit,
+    def create(self, owner: str, meta: dict[str, Any], x_train: np.ndarray, fit: KernelRidgeFit | DualFit,
                on_commit: Callable[[str], None] | None = None) -> StoredModel:
-        """Write and record a new model; ``on_commit(model_id)`` writes in the same ledger transaction
-        (the Idempotency-Key record). A model that does not fit is a 507 that leaves nothing behind."""
+        """Write and record a new model (cholesky or dual); ``on_commit(model_id)`` writes in the same
+        ledger transaction (the Idempotency-Key record). A model that does not fit is a 507 that leaves
+        nothing behind."""
         model_id = new_model_id()
         staging = self.staging_folder(model_id)
-        needed = sum(a.nbytes for a in _model_arrays(x_train, fit).values())
+        x_centers, arrays = _stored_arrays(x_train, fit)
+        needed = sum(a.nbytes for a in arrays.values())
         with writing("the model", "models", self.root, partial=[staging], needed_bytes=needed):
             free = free_bytes(self.root)
             if free is not None and needed > free:
                 raise insufficient_storage("the model", free, ["store", "models"], needed)
-            write_model_arrays(staging, x_train, fit)
-            return self.register(model_id, owner, model_meta(meta, fit), (x_train, fit), on_commit)
+            if isinstance(fit, KernelRidgeFit):
+                write_model_arrays(staging, x_train, fit)
+                full_meta = model_meta(meta, fit)
+            else:
+                write_dual_model(staging, x_centers, fit.center_indices, fit.coefficients)
+                full_meta = dual_fit_meta(meta, fit)
+            return self.register(model_id, owner, full_meta, (x_centers, fit), on_commit)
 
     def staging_folder(self, model_id: str) -> Path:
         """Where a model's arrays are written before :meth:`register` makes it visible."""
         return self.root / f".{model_id}"
 
     def register(self, model_id: str, owner: str, meta: dict[str, Any],
-                 in_memory: tuple[np.ndarray, KernelRidgeFit] | None = None,
+                 in_memory: tuple[np.ndarray, KernelRidgeFit | DualFit] | None = None,
                  on_commit: Callable[[str], None] | None = None) -> StoredModel:
         """Move the staged arrays into place and record the model, in one ledger transaction (the
         row is visible only with the folder in place). On failure the staged or moved folder is removed.
 
-        ``in_memory``: the ``(x_train, fit)`` just written, so nothing is read back from disk.
+        ``in_memory``: the ``(x_centers, fit)`` just written, so nothing is read back from disk.
         """
         meta = {**meta, "created_at": utc_timestamp()}
         staging, final = self.staging_folder(model_id), self.root / model_id
@@ -234,6 +341,18 @@ class ModelStore:
     def _load(self, row: Any) -> StoredModel:
         folder = self.root / row["id"]
         meta = json.loads(row["meta"])
+        solver = meta.get("solver", {}).get("type", "cholesky")  # models from before issue #10 are cholesky
+        if solver != "cholesky":
+            indices = folder / "center_indices.npy"
+            fit: KernelRidgeFit | DualFit = DualFit(
+                solver=solver, coefficients=np.load(folder / "coefficients.npy", allow_pickle=False),
+                center_indices=np.load(indices, allow_pickle=False) if indices.exists() else None,
+                seed=meta["solver"]["seed"], n_train=meta["n_train"], y_was_1d=meta["y_was_1d"],
+                ridge_effective=meta["ridge_effective"], train_residual_norm=meta["train_residual_norm"],
+                report=SolveReport(meta["solver"]["iterations"], meta["solver"]["relative_residual"], True),
+            )
+            x_centers = np.load(folder / "centers_x.npy", mmap_mode="r", allow_pickle=False)
+            return StoredModel(row["id"], row["owner"], meta, x_centers, fit, folder, row["seq"])
         arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
         fit = KernelRidgeFit(
             kernel=arrays["kernel"], y=arrays["y"], y_was_1d=meta["y_was_1d"], alpha=arrays["alpha"],
