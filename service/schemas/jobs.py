@@ -56,7 +56,7 @@ class TrajectoryJob(KernelProblem, TrajectoryOptions):
     tol: Tolerance = Field(1e-8, description="krylov: the relative accuracy of the predictions; ignored by eigh.")
     max_iter: MaxIter = Field(1000, description="krylov: most Lanczos iterations; not reaching tol fails the job "
                               "with the error reached. Ignored by eigh.")
-    include: Annotated[list[TrajectoryArray], Field(max_length=2)] = Field(
+    include: Annotated[list[TrajectoryArray], Field(max_length=2, json_schema_extra={"uniqueItems": True})] = Field(
         ["train_predictions", "test_predictions"],
         description="The prediction arrays carried inline in the JSON result ([]: losses only). times, losses, "
         "eigenvalues and max_stable_learning_rate are always there; a left-out array is null in the JSON and "
