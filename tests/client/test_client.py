@@ -320,6 +320,28 @@ def test_fit_and_trajectory_jobs(client: Client) -> None:
         traj_job.model()
 
 
+def test_large_training_set_solvers(client: Client) -> None:
+    """cg and nystrom fits (all centers) equal the direct solve; a krylov trajectory job with the arrays
+    left out of the JSON serves them as .npy, equal to the matrix exponential."""
+    gram = core_kernels.gram(RBF(lengthscale=1.5), X1, outputs=["kernel"])["kernel"]
+    alpha = np.linalg.solve(gram + 1e-2 * np.eye(len(X1)), Y)
+    expected = core_kernels.gram(RBF(lengthscale=1.5), X_TEST, X1, outputs=["kernel"])["kernel"] @ alpha
+    for options in ({"solver": "cg", "tol": 1e-12}, {"solver": "nystrom", "centers": len(X1), "tol": 1e-12}):
+        model = client.fit(RBF_KERNEL, X1, Y, ridge=1e-2, **options)
+        assert model.document["solver"]["type"] == options["solver"]
+        assert_close(model.predict(X_TEST).mean[:, 0], expected, 1e-8)
+        model.delete()
+    times = [0.0, 0.5, 3.0]
+    job = client.trajectory_job(RBF_KERNEL, X1, Y, times, solver="krylov", tol=1e-12, include=[], x_test=X_TEST)
+    result = job.wait(timeout=120).result()
+    assert result.train_predictions is None and result.solver["type"] == "krylov"
+    train = job.result(output="train_predictions")
+    for t, predictions in zip(times, train):
+        flow = gram @ np.linalg.solve(gram, (np.eye(len(X1)) - scipy.linalg.expm(-gram * t / len(X1))) @ Y)
+        assert_close(predictions[:, 0], flow, 1e-8)
+    job.delete()
+
+
 def test_problem_errors_name_the_field(client: Client) -> None:
     with pytest.raises(ProblemError) as bad:
         client.kernel_fn({"type": "rbf", "lengthscale": -1.0})(X1, None, "kernel")

@@ -378,15 +378,22 @@ class Client:
                        which: str | None = None, ridge: float = 0.0, learning_rate: float = 1.0, method: str = "flow",
                        x_test: ArrayLike | None = None, y_test: ArrayLike | None = None,
                        loss_normalization: str = "mean", *, ridge_mode: str = "absolute", device: str = "cpu",
-                       solver: str | None = None, tol: float | None = None) -> Job:
-        """Start a ``trajectory`` job; ``job.wait().result()`` is the :class:`Trajectory`."""
+                       solver: str | None = None, tol: float | None = None, max_iter: int | None = None,
+                       include: Sequence[str] | None = None) -> Job:
+        """Start a ``trajectory`` job; ``job.wait().result()`` is the :class:`Trajectory`.
+
+        ``solver`` (``"eigh"``, ``"krylov"``, ``"auto"``), ``tol`` and ``max_iter`` are sent only when
+        given. ``include``: the prediction arrays carried in the JSON result (``[]``: losses only);
+        any of them is also ``job.result(output="train_predictions")`` as a NumPy array (``T × n × k``).
+        """
         doc = self._session.json("createTrajectoryJob", json_body={
             "type": "trajectory", "kernel": kernel_json(spec), "which": which,
             "x_train": self._dataset_id(x_train, "x_train"), "y_train": self._dataset_id(y_train, "y_train"),
             "ridge": ridge, "ridge_mode": ridge_mode, "times": [float(t) for t in times],
             "learning_rate": learning_rate, "method": method, "x_test": self._dataset_id(x_test, "x_test"),
             "y_test": self._dataset_id(y_test, "y_test"), "loss_normalization": loss_normalization,
-            "device": device, "solver": solver, "tol": tol})
+            "device": device, "solver": solver, "tol": tol, "max_iter": max_iter,
+            "include": None if include is None else list(include)})
         return Job(self, doc, method=method)
 
     def job(self, job_id: str) -> Job:

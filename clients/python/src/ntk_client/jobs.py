@@ -108,9 +108,11 @@ class Job:
 
         gram: the matrix ``output`` (default the job's first) or its row block ``rows=(a, b)``, as
         a NumPy array, downloaded through a temporary file with resumable range requests;
-        fit: the :class:`~ntk_client.client.Model`; trajectory: the :class:`Trajectory`.
+        fit: the :class:`~ntk_client.client.Model`; trajectory: the :class:`Trajectory`, or with
+        ``output="train_predictions"``/``"test_predictions"`` that array (``T × n × k``; ``rows``
+        selects times) downloaded the same way.
         """
-        if self.type == "gram":
+        if self.type == "gram" or output is not None:
             with tempfile.TemporaryFile() as file:
                 self._client._session.download(
                     "getJobResult", file, path={"job_id": self.id}, params={"output": output, "rows": _rows(rows)},

@@ -18,9 +18,7 @@ class Operation:
     """One operation of the API as the client uses it.
 
     ``body``: JSON request fields the client may send; ``variant``: the value of ``type`` that
-    selects the request schema of a discriminated body (jobs); ``pending``: fields of the written
-    contract (api-v1.md) that the OpenAPI document does not list yet, sent only when the caller
-    asks for them; ``query``/``headers``: parameters; ``content``: the request media type;
+    selects the request schema of a discriminated body (jobs); ``query``/``headers``: parameters; ``content``: the request media type;
     ``accept``: response media types read; ``reads``: response fields read (dotted for nested
     objects); ``creates``: sends an ``Idempotency-Key`` (retries are then safe); ``retry_safe``:
     the request may be repeated after a dropped connection.
@@ -31,7 +29,6 @@ class Operation:
     status: int = 200
     body: frozenset[str] = frozenset()
     variant: str | None = None
-    pending: frozenset[str] = frozenset()
     query: frozenset[str] = frozenset()
     headers: frozenset[str] = frozenset()
     content: str | None = None
@@ -49,15 +46,15 @@ PAGE = _f("limit", "page_token")
 LIST_READS = _f("items", "next_page_token")
 DATASET_READS = _f("id", "name", "shape", "dtype", "sha256", "bytes", "created_at")
 MODEL_READS = _f("id", "n_train", "n_outputs", "kernel", "which", "ridge", "ridge_mode", "train_residual_norm",
-                 "condition_number", "created_at")
+                 "condition_number", "solver", "created_at")
 JOB_READS = _f("id", "type", "status", "progress", "created_at", "started_at", "finished_at", "error", "links")
 TRAJECTORY_READS = _f("times", "train_loss", "train_predictions", "test_predictions", "test_loss", "eigenvalues",
                       "max_stable_learning_rate")
 KERNEL_PROBLEM = _f("kernel", "which", "x_train", "y_train", "ridge", "ridge_mode")
 TRAJECTORY_OPTIONS = _f("times", "learning_rate", "method", "x_test", "y_test", "loss_normalization")
-#: api-v1.md "Training sets beyond one machine's memory" (issue 10), not in the OpenAPI document yet.
+#: api-v1.md "Training sets beyond one machine's memory": how a fit / a trajectory job is solved.
 FIT_SOLVER = _f("solver", "tol", "max_iter", "centers", "seed")
-TRAJECTORY_SOLVER = _f("solver", "tol")
+TRAJECTORY_SOLVER = _f("solver", "tol", "max_iter", "include")
 IDEMPOTENCY = _f("Idempotency-Key")
 
 OPERATIONS: dict[str, Operation] = {
@@ -68,7 +65,7 @@ OPERATIONS: dict[str, Operation] = {
         "POST", "/v1/empirical-kernels", body=_f("kernel", "width", "seed", "x1", "x2", "outputs", "dtype"),
         content=JSON, reads=_f("shape", "dtype", "results", "relative_error_to_infinite")),
     "createModel": Operation(
-        "POST", "/v1/models", 201, body=KERNEL_PROBLEM, pending=FIT_SOLVER, headers=IDEMPOTENCY, content=JSON,
+        "POST", "/v1/models", 201, body=KERNEL_PROBLEM | FIT_SOLVER, headers=IDEMPOTENCY, content=JSON,
         reads=MODEL_READS, creates=True),
     "listModels": Operation("GET", "/v1/models", query=PAGE, reads=LIST_READS),
     "getModel": Operation("GET", "/v1/models/{model_id}", reads=MODEL_READS),
@@ -105,11 +102,11 @@ OPERATIONS: dict[str, Operation] = {
         "POST", "/v1/jobs", 202, variant="gram", body=_f("type", "kernel", "x1", "x2", "outputs", "dtype", "device"),
         headers=IDEMPOTENCY, content=JSON, reads=JOB_READS, creates=True),
     "createFitJob": Operation(
-        "POST", "/v1/jobs", 202, variant="fit", body=KERNEL_PROBLEM | _f("type", "device"), pending=FIT_SOLVER,
+        "POST", "/v1/jobs", 202, variant="fit", body=KERNEL_PROBLEM | FIT_SOLVER | _f("type", "device"),
         headers=IDEMPOTENCY, content=JSON, reads=JOB_READS, creates=True),
     "createTrajectoryJob": Operation(
-        "POST", "/v1/jobs", 202, variant="trajectory", body=KERNEL_PROBLEM | TRAJECTORY_OPTIONS | _f("type", "device"),
-        pending=TRAJECTORY_SOLVER, headers=IDEMPOTENCY, content=JSON, reads=JOB_READS, creates=True),
+        "POST", "/v1/jobs", 202, variant="trajectory", body=KERNEL_PROBLEM | TRAJECTORY_OPTIONS | TRAJECTORY_SOLVER | _f("type", "device"),
+        headers=IDEMPOTENCY, content=JSON, reads=JOB_READS, creates=True),
     "listJobs": Operation("GET", "/v1/jobs", query=PAGE | _f("status"), reads=LIST_READS),
     "getJob": Operation("GET", "/v1/jobs/{job_id}", reads=JOB_READS),
     "cancelJob": Operation("POST", "/v1/jobs/{job_id}/cancel", 202, reads=JOB_READS, retry_safe=False),

@@ -88,14 +88,15 @@ class Prediction:
 class Trajectory:
     """Training dynamics of the linearized network from ``f_0 = 0``, at each of ``times``.
 
-    ``train_predictions``/``test_predictions``: ``T × n × k``; ``eigenvalues`` of the training Gram
-    matrix (descending); ``method``: ``"flow"`` (times) or ``"gd"`` (steps); ``solver``: what a
+    ``train_predictions``/``test_predictions``: ``T × n × k`` (``None`` when a trajectory job's
+    ``include`` left them out of the JSON); ``eigenvalues`` of the training Gram matrix (descending;
+    a ``krylov`` job's Ritz values); ``method``: ``"flow"`` (times) or ``"gd"`` (steps); ``solver``: what a
     ``krylov`` trajectory job reports, else ``None``.
     """
 
     times: np.ndarray
     train_loss: np.ndarray
-    train_predictions: np.ndarray
+    train_predictions: np.ndarray | None
     test_predictions: np.ndarray | None
     test_loss: np.ndarray | None
     eigenvalues: np.ndarray
@@ -105,7 +106,7 @@ class Trajectory:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], method: str = "flow") -> Trajectory:
-        return cls(_array(doc["times"]), _array(doc["train_loss"]), _array(doc["train_predictions"]),  # type: ignore[arg-type]
+        return cls(_array(doc["times"]), _array(doc["train_loss"]), _array(doc.get("train_predictions")),  # type: ignore[arg-type]
                    _array(doc.get("test_predictions")), _array(doc.get("test_loss")), _array(doc["eigenvalues"]),  # type: ignore[arg-type]
                    doc.get("max_stable_learning_rate"), method, doc.get("solver"))
 

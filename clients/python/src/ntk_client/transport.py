@@ -194,7 +194,7 @@ def _plain(value: Any) -> Any:
 
 def _check_fields(name: str, op: Operation, body: Mapping[str, Any], params: Mapping[str, Any] | None) -> None:
     """A field an operation does not declare is a bug of this client, never sent."""
-    unknown = set(body) - op.body - op.pending
+    unknown = set(body) - op.body
     unknown_query = set(params or {}) - op.query
     if unknown or unknown_query:
         raise AssertionError(f"{name}: undeclared fields {sorted(unknown | unknown_query)} (ntk_client.operations)")
