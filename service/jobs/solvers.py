@@ -297,8 +297,7 @@ def _fit_cg(client: Any, problem: _Problem, plan: dict[str, Any], staging: str) 
     with _counting(done):
         alpha, report = conjugate_gradients(
             train.matmat, problem.y, shift=rho, preconditioner=preconditioner, tol=plan["tol"], max_iter=left,
-            x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True),
-                                     overwrite_k_mm=True)
+            x0=x0, callback=problem.folder.callback(plan["tol"], left, done, checkpoint=True))
     residual = float(np.linalg.norm(train.matmat(alpha) - problem.y))
     problem.folder.note(cache=train.cache_report)
     write_dual_model(Path(staging), problem.x_path, None, alpha)
