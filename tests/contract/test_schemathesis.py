@@ -12,62 +12,26 @@ time); fuzzing draws 5 cases per operation; stateful testing follows the documen
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.__main__ import OPENAPI_PATH
+from tests.live_server import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "NTK_DATA_DIR": str(tmp_path_factory.mktemp("schemathesis-data")), "PYTHONPATH": str(ROOT),
-           "NTK_DASK_WORKERS": "1"}
-    env.pop("NTK_API_KEYS", None)
-    log = tmp_path_factory.mktemp("schemathesis-log") / "uvicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(tmp_path_factory.mktemp("schemathesis")) as live:
+        yield live.url
 
 
 @pytest.mark.slow

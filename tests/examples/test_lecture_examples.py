@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ntk_client import Client
-from tests.client.server import running_server
+from tests.live_server import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 LECTURE = ROOT / "examples" / "lecture"
@@ -37,8 +37,8 @@ def load(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("examples-server")) as url:
-        yield url
+    with running_server(tmp_path_factory.mktemp("examples-server")) as server:
+        yield server.url
 
 
 @pytest.fixture

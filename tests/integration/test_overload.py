@@ -8,11 +8,9 @@ that leaves while its request is queued gets nothing created for it.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +21,11 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.live_server import running_server
+
 pytestmark = pytest.mark.slow
 
 RELU3 = [{"type": "dense", "w_std": 1.41, "b_std": 0.1}, {"type": "relu"}] * 3 + [{"type": "dense"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kernels_body(n: int, d: int, seed: int = 0) -> bytes:
@@ -52,33 +46,9 @@ def peak_rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
-    data = tmp_path_factory.mktemp("overload")
-    env = os.environ | {"NTK_DATA_DIR": str(data / "data"), "NTK_COMPUTE_THREADS": "1", "NTK_COMPUTE_QUEUE": "2",
-                        "NTK_COMPUTE_QUEUE_TIMEOUT": "30", "NTK_LOG_LEVEL": "WARNING"}
-    env.pop("NTK_API_KEYS", None)
-    with open(data / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # up, and the kernel engine compiled
-            assert proc.poll() is None and time.monotonic() < deadline, (data / "server.log").read_text()[-3000:]
-            try:
-                ready = httpx.get(f"{base}/readyz", timeout=5)
-                if ready.status_code == 200 and "compiling" not in ready.text:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield base, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_server(tmp_path_factory.mktemp("overload"), compute_threads="1", compute_queue="2",
+                        compute_queue_timeout="30", dask_workers="2") as live:
+        yield live.url, live.process
 
 
 class HealthProbe(threading.Thread):

@@ -1,7 +1,8 @@
 """A real uvicorn running the service in a subprocess, on a free loopback port and its own data directory.
 
-``running_server(folder, **settings)`` is reusable by any test module (client, examples): it
-yields the base URL once ``/readyz`` answers ready, and stops the process on exit.
+``running_server(folder, **settings)`` serves every test module that needs a live server (client,
+examples, schemathesis, overload): it yields a :class:`LiveServer` once ``/readyz`` answers ready,
+and stops the process on exit.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """``url``: ``http://127.0.0.1:<port>``; ``process``: the server (e.g. for its pid's memory)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
 
 
 def free_port() -> int:
@@ -27,10 +37,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(folder: Path, startup_timeout: float = 60.0, **settings: str) -> Iterator[str]:
+def running_server(folder: Path, startup_timeout: float = 60.0, **settings: str) -> Iterator[LiveServer]:
     """``python -m service serve`` with ``NTK_DATA_DIR=folder/data`` and ``NTK_<KEY>=value`` for ``settings``.
 
-    Yields ``http://127.0.0.1:<port>``; the server's log is ``folder/server.log`` (its tail is
+    One Dask worker unless ``dask_workers`` says otherwise. The server's log is ``folder/server.log`` (its tail is
     shown if it does not come up).
     """
     port = free_port()
@@ -56,7 +66,7 @@ def running_server(folder: Path, startup_timeout: float = 60.0, **settings: str)
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        yield base
+        yield LiveServer(base, proc)
     finally:
         proc.terminate()
         try:
