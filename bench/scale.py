@@ -10,13 +10,14 @@ Scenarios (``--scenario``, repeatable; ``all`` runs them in this order):
   kind of ``--data``;
 - ``nystrom-100k``: n = 100 000, n/10 centers (goals: ≤ 5 min end to end, every process ≤ 6 GB, API ≤ 1 GB);
 - ``cg-40k``: n = 40 000, ``cg`` (goal: converges with every process ≤ 4 GB), against a ``cholesky`` job
-  (time ratio, and predictions compared; run only where its 16·n² bytes fit one worker's memory) and ``cg`` without its preconditioner (the server setting
-  ``NTK_CG_PRECONDITIONER_RANK=0``; the API has no request field for it) capped at ``--cg-plain-max-iter``;
+  (time ratio, and predictions compared; run only where it fits one worker's memory, ``CHOLESKY_BYTES``)
+  and ``cg`` without its preconditioner (the server setting ``NTK_CG_PRECONDITIONER_RANK=0``; the API has
+  no request field for it) capped at ``--cg-plain-max-iter``;
 - ``nystrom-1m``: n = 1 000 000, d = 16, 4 000 centers (goal: completes on the embedded engine), and the same
   at n/10, so that the time ratio shows how the cost grows with n;
 - ``krylov-50k``: a ``krylov`` trajectory job, n = 50 000, 100 times, test predictions only (time, iterations,
   the service's error estimate, and the error measured against an ``eigh`` job where n is within
-  ``NTK_MAX_JOB_TRAIN_SIZE`` and 16·n² bytes fit one worker's memory).
+  ``NTK_MAX_JOB_TRAIN_SIZE`` and it fits one worker's memory, ``EIGH_BYTES``).
 
 ``--scale s`` multiplies every n (centers follow where they are a fraction of n) for a quick run.
 
@@ -74,6 +75,11 @@ NOISE = 0.1
 GB = 1e9
 MB = 1e6
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: Peak bytes per n² of the dense jobs' worker: cholesky fit measured (10.0 GB at n = 20 000: the Gram,
+#: its factor and temporaries); eigh estimated (K, its copy, the eigenvectors and LAPACK's 2·n²
+#: workspace — at n = 20 000 a worker was restarted above 11.2 GB).
+CHOLESKY_BYTES = 25
+EIGH_BYTES = 40
 
 
 # ----------------------------------------------------------------------------- data
@@ -532,12 +538,12 @@ class Bench:
                             fit_body("cg", self.args, max_iter=self.args.cg_plain_max_iter),
                             overrides={"NTK_CG_PRECONDITIONER_RANK": "0"}, predict=False)
         room = self.worker_memory()
-        if 16 * problem.n**2 <= room:
+        if CHOLESKY_BYTES * problem.n**2 <= room:
             exact, exact_pred = self.run(name, "cholesky", problem, fit_body("cholesky", self.args))
         else:
             exact, exact_pred = None, None
             self.goal(name, "cholesky job (time and memory reference)", f"not run: its n × n matrix and factor "
-                      f"(16·n² = {16 * problem.n**2 / GB:.1f} GB) exceed a worker's memory here "
+                      f"({CHOLESKY_BYTES}·n² = {CHOLESKY_BYTES * problem.n**2 / GB:.1f} GB) exceed a worker's memory here "
                       f"({room / GB:.1f} GB = machine ÷ NTK_DASK_WORKERS)", None)
         self.goal(name, f"cg converges (tol {self.args.tol:g}, relative ridge {self.args.ridge:g})",
                   iterations_of(cg) + " iterations", cg.ok)
@@ -581,9 +587,9 @@ class Bench:
         self.goal(name, "krylov trajectory completes (time reported)",
                   f"{run.job['status']} in {run.job_s:.1f} s, {fmt_solver(run)}", run.ok)
         limit = int(self.overrides.get("NTK_MAX_JOB_TRAIN_SIZE", Settings.model_fields["max_job_train_size"].default))
-        if problem.n > limit or 16 * problem.n**2 > self.worker_memory():
+        if problem.n > limit or EIGH_BYTES * problem.n**2 > self.worker_memory():
             self.goal(name, "accuracy against eigh", f"not measured: n = {problem.n} is over the eigh limit "
-                      f"NTK_MAX_JOB_TRAIN_SIZE = {limit} or its 16·n² bytes over a worker's memory "
+                      f"NTK_MAX_JOB_TRAIN_SIZE = {limit} or its ~{EIGH_BYTES}·n² bytes over a worker's memory "
                       f"({self.worker_memory() / GB:.1f} GB); the service's estimate is in the row above", None)
             return
         reference, _ = self.run(name, "eigh trajectory (reference)", problem,
