@@ -79,7 +79,10 @@ def _gram(spec: KernelSpec, name: str, x1: np.ndarray, x2: np.ndarray | None = N
 
 
 #: Dense solves hold two n × n float64 matrices: K and its Cholesky factor (or eigenvectors).
-DENSE_BYTES_PER_ENTRY = 16
+#: Peak bytes per entry of the n × n matrix that a dense solve takes in one worker (measured by
+#: bench/scale.py at n = 20 000: cholesky 10.0 GB ≈ 25·n²; an eigh job outgrew an 11.8 GiB worker:
+#: K, eigenvectors and LAPACK's divide-and-conquer workspace).
+DENSE_BYTES_PER_ENTRY = {"cholesky": 25, "eigh": 40}
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,11 @@ class FitSolver:
     preconditioner_rank: int | None = None  # cg: min(n, NTK_CG_PRECONDITIONER_RANK); 0 = none
 
 
-def dense_solve_fits(settings: Settings, n: int, job: bool) -> bool:
-    """The ``"auto"`` rule: the dense solve while ``16·n²`` bytes fit ``dense_solve_max_bytes``
-    (and, for a job, n ≤ ``max_job_train_size``, the dense jobs' bound)."""
-    return DENSE_BYTES_PER_ENTRY * n * n <= settings.dense_solve_max_bytes and (
+def dense_solve_fits(settings: Settings, n: int, job: bool, kind: str = "cholesky") -> bool:
+    """The ``"auto"`` rule: the dense solve ``kind`` while its peak (:data:`DENSE_BYTES_PER_ENTRY`
+    · n²) fits ``settings.dense_solve_budget`` (and, for a job, n ≤ ``max_job_train_size``, the
+    dense jobs' bound)."""
+    return DENSE_BYTES_PER_ENTRY[kind] * n * n <= settings.dense_solve_budget and (
         not job or n <= settings.max_job_train_size)
 
 
@@ -137,7 +141,7 @@ def resolve_fit_solver(settings: Settings, body: Any, n: int, *, job: bool) -> F
 def resolve_trajectory_solver(settings: Settings, solver: str, n: int) -> str:
     """``eigh`` or ``krylov`` (``"auto"``: eigh while the dense solve fits, as for fits)."""
     if solver == "auto":
-        return "eigh" if dense_solve_fits(settings, n, job=True) else "krylov"
+        return "eigh" if dense_solve_fits(settings, n, job=True, kind="eigh") else "krylov"
     return solver
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -69,11 +70,12 @@ class Settings(BaseSettings):
         "trajectory jobs with solver eigh (they hold the n × n matrix in one process).")
 
     # Solvers for large training sets (issue #10; the "auto" rule and the iterative solvers' bounds).
-    dense_solve_max_bytes: int = Field(
-        25_600_000_000, ge=0,
-        description="The \"auto\" solver rule: a fit (trajectory) uses cholesky (eigh) while 16·n² bytes — the "
-        "n × n float64 matrix and its factor (eigenvectors) — fit in this many bytes and n ≤ max_job_train_size; "
-        "beyond, nystrom (krylov). The default keeps the dense solve up to n = 40 000.")
+    dense_solve_max_bytes: int | None = Field(
+        None, ge=0,
+        description="The \"auto\" solver rule: a fit (trajectory) uses cholesky (eigh) while its measured peak — "
+        "25·n² bytes (40·n²) in one worker — fits in this many bytes and n ≤ max_job_train_size; beyond, nystrom "
+        "(krylov). Unset: the memory of one embedded worker (dask_worker_memory, else physical memory / "
+        "dask_workers); with an external scheduler (dask_address) set it to your workers' memory (unset: 32 GiB).")
     max_iterative_train_size: int = Field(
         10_000_000, ge=1, description="Largest training set of fit jobs with solver cg or nystrom and of "
         "trajectory jobs with solver krylov (matrix-free: memory grows linearly in n).")
@@ -87,6 +89,19 @@ class Settings(BaseSettings):
         16 * 1024**3, ge=0, description="Disk bytes one cg/nystrom/krylov job may use to cache float64 kernel tiles "
         "in its job folder (cache/, removed when the job ends; also capped at half the free disk when the job "
         "starts; used only where reading a tile is faster than computing it). 0: every product recomputes its tiles.")
+
+    @property
+    def dense_solve_budget(self) -> int:
+        """Bytes one dense solve may use in a worker (``dense_solve_max_bytes``, or its default)."""
+        if self.dense_solve_max_bytes is not None:
+            return self.dense_solve_max_bytes
+        if self.dask_worker_memory:
+            from dask.utils import parse_bytes
+
+            return int(parse_bytes(self.dask_worker_memory))
+        if self.dask_address:
+            return 32 * 1024**3
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // self.dask_workers
 
     @field_validator("api_keys", mode="before")
     @classmethod

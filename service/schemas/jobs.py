@@ -51,8 +51,8 @@ class TrajectoryJob(KernelProblem, TrajectoryOptions):
     solver: Literal["auto", "eigh", "krylov"] = Field(
         "auto", description="eigh: one dense eigendecomposition (the n × n matrix in one process; n ≤ "
         "NTK_MAX_JOB_TRAIN_SIZE). krylov: the same formulas by Lanczos on the matrix-free kernel (n ≤ "
-        "NTK_MAX_ITERATIVE_TRAIN_SIZE); its eigenvalues are the Ritz values found. auto: eigh while 16·n² bytes fit "
-        "NTK_DENSE_SOLVE_MAX_BYTES and n ≤ NTK_MAX_JOB_TRAIN_SIZE, else krylov.")
+        "NTK_MAX_ITERATIVE_TRAIN_SIZE); its eigenvalues are the Ritz values found. auto: eigh while its 40·n² bytes fit "
+        "NTK_DENSE_SOLVE_MAX_BYTES (default: one worker's memory) and n ≤ NTK_MAX_JOB_TRAIN_SIZE, else krylov.")
     tol: Tolerance = Field(1e-8, description="krylov: the relative accuracy of the predictions; ignored by eigh.")
     max_iter: MaxIter = Field(1000, description="krylov: most Lanczos iterations; not reaching tol fails the job "
                               "with the error reached. Ignored by eigh.")

@@ -50,7 +50,7 @@ class FitSolverOptions(RequestModel):
         "auto", description="cholesky: the exact dense solve (the n × n matrix in one process). cg: the same "
         "solution by Nyström-preconditioned conjugate gradients, matrix-free. nystrom: Nyström kernel ridge "
         "regression on `centers` training points drawn with `seed` (Falkon); exact with centers = n. auto: cholesky "
-        "while 16·n² bytes fit NTK_DENSE_SOLVE_MAX_BYTES (and, for jobs, n ≤ NTK_MAX_JOB_TRAIN_SIZE), else nystrom. "
+        "while its 25·n² bytes fit NTK_DENSE_SOLVE_MAX_BYTES (default: one worker's memory; and, for jobs, n ≤ NTK_MAX_JOB_TRAIN_SIZE), else nystrom. "
         "cg and nystrom models predict means at t = ∞ only (no time, variance or trajectory).")
     tol: Tolerance = Field(1e-8, description="cg/nystrom: stop at this relative residual of the solved system; "
                            "ignored by cholesky.")

@@ -353,7 +353,9 @@ class ModelStore:
             )
             x_centers = np.load(folder / "centers_x.npy", mmap_mode="r", allow_pickle=False)
             return StoredModel(row["id"], row["owner"], meta, x_centers, fit, folder, row["seq"])
-        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        # memory-mapped: the n × n kernel and factor are paged in by the predictions that read them, so
+        # registering a large fit job's model costs the API process nothing (bench/scale.py saw 16·n² bytes)
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _ARRAYS}
         fit = KernelRidgeFit(
             kernel=arrays["kernel"], y=arrays["y"], y_was_1d=meta["y_was_1d"], alpha=arrays["alpha"],
             cholesky=(arrays["cholesky"], True), ridge_effective=meta["ridge_effective"],
