@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -28,9 +29,16 @@ def app(settings: Settings) -> FastAPI:
     return create_app(settings)
 
 
+@asynccontextmanager
+async def serving(app: FastAPI, timeout: float = 5.0) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan, and an in-process client of it (``httpx.ASGITransport``)."""
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+                                  timeout=timeout) as c):
+        yield c
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
+    async with serving(app) as c:
+        yield c

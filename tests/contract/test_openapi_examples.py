@@ -21,6 +21,7 @@ from service.__main__ import OPENAPI_PATH
 from service.app import create_app
 from service.schemas.examples import EXAMPLE_DATASETS
 from service.settings import Settings
+from tests.conftest import serving
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -56,9 +57,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("examples"), dask_workers=1))
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c):
+    async with serving(create_app(Settings(data_dir=tmp_path_factory.mktemp("examples"), dask_workers=1)),
+                       timeout=60) as c:
         yield c
 
 
