@@ -151,6 +151,14 @@ async def test_api_queues_then_answers_503_with_retry_after(small_app: FastAPI) 
     assert admission.running == 0 and not admission.queue
 
 
+def create_model_scope(body: bytes) -> dict:
+    """The ASGI scope of ``POST /v1/models`` with a JSON ``body`` (for tests that drive the app's
+    receive/send by hand, e.g. a client that disconnects)."""
+    return {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/models", "raw_path": b"/v1/models",
+            "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "client": ("c", 1),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+
 async def test_a_client_that_leaves_while_queued_creates_no_model(small_app: FastAPI) -> None:
     admission = small_app.state.admission
     held = running(admission)
@@ -168,9 +176,7 @@ async def test_a_client_that_leaves_while_queued_creates_no_model(small_app: Fas
     async def send(message: dict) -> None:
         messages.append(message)
 
-    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/models", "raw_path": b"/v1/models",
-             "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "client": ("c", 1),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = create_model_scope(body)
     request = asyncio.create_task(small_app(scope, receive, send))
     while not admission.queue:
         await asyncio.sleep(0.005)
@@ -198,9 +204,7 @@ async def test_a_client_gone_before_a_computation_step_gets_nothing_run(small_ap
     async def send(message: dict) -> None:
         messages.append(message)
 
-    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/models", "raw_path": b"/v1/models",
-             "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "client": ("c", 1),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = create_model_scope(body)
     await small_app(scope, receive, send)
     assert len(messages) == 1 and small_app.state.admission.running == 0
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small_app), base_url="http://t") as client:
